@@ -1,0 +1,68 @@
+"""Board descriptions, as data: part, PS, PE-array shape, buffer sizes, clock and resource capacity.
+
+Compiler, emulator, HDL generator and overlay build all read the same `<name>.toml`; the `[arch]`
+table is what a compiled model depends on, and its fingerprint ties a build to matching overlays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import tomllib
+
+from dynq.contract import CONTRACT_VERSION
+from dynq.contract.artifacts import fingerprint
+from dynq.errors import DynqError
+
+
+class BoardError(DynqError, ValueError):
+    """Unknown board name or a malformed board file."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture parameters that compiled programs depend on."""
+
+    rows: int
+    cols: int
+    ibuf_bytes: int
+    wbuf_bytes: int
+    clock_mhz: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def fingerprint(self) -> int:
+        return fingerprint(self.as_dict(), CONTRACT_VERSION)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    part: str
+    family: str
+    ps: str
+    arch: Arch
+    capacity: dict[str, int]
+
+
+def names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__package__).iterdir() if p.name.endswith(".toml"))
+
+
+@cache
+def load(name: str) -> Board:
+    """Reads `boards/<name>.toml`; unknown names list the known ones."""
+    path = resources.files(__package__) / f"{name}.toml"
+    if not path.is_file():
+        raise BoardError(f"unknown board {name!r}; known boards: {', '.join(names())}")
+    try:
+        data = tomllib.loads(path.read_text())
+        return Board(data["name"], data["part"], data["family"], data["ps"], Arch(**data["arch"]),
+                     dict(data["capacity"]))
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise BoardError(f"board file {name}.toml is malformed: {exc}") from exc

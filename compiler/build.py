@@ -1,0 +1,258 @@
+"""`dynq compile`: ONNX in, a build directory (program.bin, weights.bin, host_*.onnx, manifest.json) out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from dynq.compiler import calibrate, passes, policy
+from dynq.compiler.graph import CompileError, Graph, Node, import_model, load
+from dynq.compiler.lower import DEVICE_OPS, HostPartition, Lowered, Lowerer
+
+import dynq
+from dynq import boards
+from dynq.contract import CONTRACT_VERSION
+from dynq.contract.artifacts import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PROGRAM_FILE,
+    PROGRAM_MAGIC,
+    WEIGHTS_FILE,
+    WEIGHTS_MAGIC,
+    pack,
+    sha256,
+)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one ONNX node runs, and why it is not on the overlay when it is not."""
+
+    node: str
+    op: str
+    where: str  # "device", "host" or "fused"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    out_dir: Path
+    placements: list[Placement]
+    layers: int
+    seconds: float
+
+
+def compile_model(model_path: Path, board: str, out_dir: Path, calib: np.ndarray | None = None,
+                  mode: str = "int8", policy_data: dict[str, Any] | None = None,
+                  calib_method: str = "minmax") -> CompileResult:
+    """Compiles an fp32 (with calibration data) or QDQ ONNX model for `board` into `out_dir`."""
+    start = time.perf_counter()
+    if mode not in policy.MODES:
+        raise CompileError(f"unknown mode {mode!r}; use one of {', '.join(policy.MODES)}")
+    spec = boards.load(board)
+    source = str(model_path)
+    model = load(model_path)
+    g = import_model(model, source)
+    original = {n.output[0] for n in model.graph.node} | set(g.inputs)
+    quant = passes.run_all(g)
+    if calib is not None:
+        calib = _check_calib(calib, g, source)
+    if not quant.act_scales and calib is None:
+        raise CompileError(f"{source} is a float model: pass calibration images with --calib FILE.npy "
+                           "(or quantize it to QDQ with onnxruntime first)")
+    produced = [t for n in g.nodes for t in n.outputs if t] + g.inputs
+    ranges, samples = ({}, {}) if calib is None else calibrate.collect(
+        model, [t for t in produced if t in original], calib, calib_method)
+    low = Lowerer(g, spec.arch, quant, ranges, source)
+    placements = _lower(g, low, ranges, source)
+    lowered = Lowered(low.tensors, low.layers, low.segments, low.weights, low.arena, g.inputs[0],
+                      list(g.outputs))
+    presets = _presets(lowered, samples, policy_data or {})
+    _write(out_dir, g, lowered, presets, spec, mode, placements)
+    return CompileResult(out_dir, placements, len(lowered.layers), time.perf_counter() - start)
+
+
+def _check_calib(calib: np.ndarray, g: Graph, source: str) -> np.ndarray:
+    expected = g.shapes[g.inputs[0]][1:]
+    if calib.ndim != 4 or tuple(calib.shape[1:]) != tuple(expected):
+        raise CompileError(f"calibration data has shape {list(calib.shape)}, the model {source} expects "
+                           f"[N, {', '.join(map(str, expected))}]")
+    if not np.issubdtype(calib.dtype, np.floating) or not np.all(np.isfinite(calib)):
+        raise CompileError("calibration data must be finite floating-point values")
+    return calib.astype(np.float32)
+
+
+def _device_reason(g: Graph, node: Node, low: Lowerer) -> str:
+    """Empty when `node` can run on the overlay, else why it cannot."""
+    if node.op not in DEVICE_OPS:
+        return f"{node.op} is not an overlay op"
+    data = [t for t in node.inputs if t and t not in g.consts]
+    missing = [t for t in data if t not in low.tensors]
+    if missing:
+        return "its input comes from the host"
+    if node.op == "Add" and (len(data) != 2 or g.shapes[data[0]] != g.shapes[data[1]]):
+        return "Add with a constant or broadcasting runs on the host"
+    if node.op == "Concat" and node.attr("axis") not in (1, -3):
+        return "Concat along a non-channel axis"
+    if node.op in ("Flatten", "Reshape"):
+        out = g.shapes[node.outputs[0]]
+        if not (len(out) == 2 and out[0] == 1) and tuple(out) != tuple(g.shapes[node.inputs[0]]):
+            return "only flattening reshapes are free on the overlay"
+    if node.op in ("Conv", "Gemm") and node.inputs[1] not in g.consts:
+        return "weights are not constant"
+    if node.op == "Gemm" and node.attr("transA", 0):
+        return "Gemm with transA"
+    if node.op in ("MaxPool", "AveragePool") and (node.attr("ceil_mode", 0)
+                                                  or any(d != 1 for d in node.attr("dilations", [1, 1]))):
+        return "pooling with ceil_mode or dilation"
+    if node.op == "AveragePool" and any(node.attr("pads", [0])) and not node.attr("count_include_pad", 0):
+        return "AveragePool with padding that excludes the pad"
+    return ""
+
+
+def _lower(g: Graph, low: Lowerer, ranges: dict, source: str) -> list[Placement]:
+    placements: list[Placement] = []
+    host: list[Node] = []
+    x = g.inputs[0]
+    if any(_device_reason(g, n, low) == "" or n.op in DEVICE_OPS for n in g.consumers(x)):
+        low._new_tensor(x, nonneg=x in ranges and ranges[x].nonneg)
+    handlers = {"Conv": low.conv, "Gemm": low.conv, "MaxPool": low.pool, "AveragePool": low.pool,
+                "GlobalAveragePool": low.pool, "Add": low.add, "Relu": low.clamp, "Clip": low.clamp,
+                "Concat": low.concat, "Flatten": low.flatten, "Reshape": low.flatten}
+    for node in g.nodes:
+        reason = _device_reason(g, node, low)
+        if reason:
+            host.append(node)
+            placements.append(Placement(node.name, node.op, "host", reason))
+            continue
+        if host:
+            _host_partition(g, low, host, ranges, source)
+            host = []
+        handlers[node.op](node)
+        placements.append(Placement(node.name, node.op, "device"))
+    if host:
+        _host_partition(g, low, host, ranges, source)
+    low.end_segment()
+    for out in g.outputs:
+        if out not in low.tensors and not any(out in p.outputs for p in low.segments
+                                              if isinstance(p, HostPartition)):
+            raise CompileError(f"{source}: graph output {out!r} is a constant or an input; nothing to run")
+    return placements
+
+
+def _host_partition(g: Graph, low: Lowerer, nodes: list[Node], ranges: dict, source: str) -> None:
+    """Closes the device segment and appends a host partition; quantizes what the device reads next."""
+    produced = {t for n in nodes for t in n.outputs}
+    inputs = sorted({t for n in nodes for t in n.inputs if t and t not in produced and t not in g.consts})
+    later = {t for n in g.nodes if n not in nodes for t in n.inputs}
+    outputs = [t for n in nodes for t in n.outputs if t in later or t in g.outputs]
+    low.end_segment()
+    partition = HostPartition(list(nodes), inputs, outputs)
+    try:
+        ort.InferenceSession(g.to_onnx(nodes, inputs, outputs).SerializeToString(),
+                             providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        ops = ", ".join(sorted({n.op for n in nodes}))
+        raise CompileError(f"{source}: host partition ({ops}) cannot run on the host CPU either: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    low.segments.append(partition)
+    for t in outputs:
+        if t in later:
+            if t not in ranges:
+                raise CompileError(f"{source}: no calibration range for host output {t!r}; pass --calib")
+            low._new_tensor(t, nonneg=ranges[t].nonneg)
+
+
+def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, Any]) -> dict[str, list[dict]]:
+    presets: dict[str, list[dict]] = {}
+    for preset in policy.MODES:
+        regs = []
+        for layer in lowered.layers:
+            s = policy.settings_for(layer.name, layer.dynamic, preset, pol)
+            threshold = int(s.get("threshold", 0))
+            if s["mode"] == "drq" and "threshold" not in s and layer.kind == "conv":
+                threshold = _threshold(lowered, layer.input, samples, s)
+            regs.append(policy.to_registers(s, threshold).to_words())
+        presets[preset] = regs
+    return presets
+
+
+def _threshold(lowered: Lowered, tensor: str, samples: dict[str, np.ndarray], s: dict[str, Any]) -> int:
+    if tensor not in samples:
+        return 0
+    t = lowered.tensors[tensor]
+    q = np.clip(np.rint(samples[tensor] / t.scale), t.lo, t.hi).reshape(-1, *t.shape)
+    region = s["region"] if isinstance(s["region"], list) else [s["region"]] * 2
+    return policy.threshold_for_ratio(q, region, float(s["sensitive_ratio"]))
+
+
+def _write(out_dir: Path, g: Graph, lowered: Lowered, presets: dict[str, list[dict]], spec: boards.Board,
+           mode: str, placements: list[Placement]) -> None:
+    """Writes every artifact into a temporary directory, then moves it into place in one step."""
+    fp = spec.arch.fingerprint
+    program = bytearray()
+    schedule: list[dict[str, Any]] = []
+    files: dict[str, bytes] = {}
+    for seg in lowered.segments:
+        if isinstance(seg, list):
+            schedule.append({"kind": "device", "first": len(program) // 64, "count": len(seg)})
+            program += b"".join(seg)
+        else:
+            name = f"host_{sum(1 for s in schedule if s['kind'] == 'host')}.onnx"
+            files[name] = g.to_onnx(seg.nodes, seg.inputs, seg.outputs).SerializeToString()
+            schedule.append({"kind": "host", "file": name, "inputs": seg.inputs, "outputs": seg.outputs,
+                             "nodes": [n.name for n in seg.nodes]})
+    files[PROGRAM_FILE] = pack(PROGRAM_MAGIC, fp, bytes(program))
+    files[WEIGHTS_FILE] = pack(WEIGHTS_MAGIC, fp, bytes(lowered.weights))
+    outputs = []
+    for name in lowered.outputs:
+        shape = list(g.shapes[name][1:])
+        t = lowered.tensors.get(name)
+        outputs.append({"name": name, "shape": shape, "device": t is not None, **(t.to_json() if t else {})})
+    manifest = {
+        "format": FORMAT_VERSION,
+        "contract": CONTRACT_VERSION,
+        "dynq_version": dynq.__version__,
+        "board": spec.name,
+        "arch": spec.arch.as_dict(),
+        "fingerprint": fp,
+        "mode": mode,
+        "files": {name: sha256(data) for name, data in files.items()},
+        "input": {"name": lowered.input, "shape": list(g.shapes[lowered.input][1:]),
+                  **(lowered.tensors[lowered.input].to_json() if lowered.input in lowered.tensors else {})},
+        "outputs": outputs,
+        "arena_bytes": lowered.arena_bytes,
+        "tensors": {name: t.to_json() for name, t in lowered.tensors.items()},
+        "layers": [{"index": layer.index, "name": layer.name, "kind": layer.kind, "dynamic": layer.dynamic,
+                    "input": layer.input, "output": layer.output} for layer in lowered.layers],
+        "presets": presets,
+        "schedule": schedule,
+        "placements": [p.__dict__ for p in placements],
+    }
+    files[MANIFEST_FILE] = json.dumps(manifest, indent=1).encode()
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if out_dir.exists():
+            if not (out_dir / MANIFEST_FILE).exists() and any(out_dir.iterdir()):
+                raise CompileError(f"{out_dir} exists and is not a dynq build; choose another -o directory")
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def onnx_ops(model_path: Path) -> list[str]:
+    return sorted({n.op_type for n in onnx.load(str(model_path)).graph.node})

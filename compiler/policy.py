@@ -1,0 +1,130 @@
+"""Precision policy: which mode, threshold, region, group size and K each layer runs with.
+
+A policy only produces *register values*. A build stores one preset of registers per mode (int8, drq,
+sdp, daq) so the runtime can switch modes, thresholds, K or masks between inferences by rewriting
+registers; nothing here is baked into the program.
+
+Precedence, lowest first: built-in defaults, the policy's "default" table, its "layers" entries (keys
+are shell patterns over layer names, applied in file order), then command-line `--set` overrides.
+The `int8` preset is always the all-8-bit baseline; in the other presets a layer runs the preset's
+mode when it is eligible (every Conv but the first; Gemm/FC layers stay 8-bit) unless a "mode" key
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+from dynq.compiler.graph import CompileError
+
+from dynq.contract import Mode, PrecisionRegs
+from dynq.contract.numerics import region_sums
+
+MODES = ("int8", "drq", "sdp", "daq")
+DEFAULTS: dict[str, Any] = {
+    "sensitive_ratio": 0.1,
+    "region": [4, 4],
+    "insensitive": "lo",
+    "g": 8,
+    "k": 8,
+    "zero_skip": True,
+}
+KEYS = {"mode", "sensitive_ratio", "threshold", "region", "insensitive", "g", "k", "zero_skip"}
+
+
+def load_policy(path: Path | None) -> dict[str, Any]:
+    """Reads a JSON or TOML policy file: {"default": {...}, "layers": {"pattern": {...}}}."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text()
+        policy = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"{path}: cannot read the policy file: {exc}") from exc
+    unknown = set(policy) - {"default", "layers"}
+    if unknown:
+        raise CompileError(f"{path}: unknown policy sections {sorted(unknown)}; use 'default' and 'layers'")
+    for entry in [policy.get("default", {}), *policy.get("layers", {}).values()]:
+        _check_keys(entry, str(path))
+    return policy
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`PATTERN:key=value,key=value` strings (the CLI's --set) -> layer overrides."""
+    layers: dict[str, dict[str, Any]] = {}
+    for item in items:
+        pattern, sep, body = item.partition(":")
+        if not sep or not body:
+            raise CompileError(f"--set {item!r}: expected PATTERN:key=value[,key=value]")
+        entry = {}
+        for pair in body.split(","):
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise CompileError(f"--set {item!r}: {pair!r} is not key=value")
+            entry[key.strip()] = _parse_value(value.strip())
+        _check_keys(entry, f"--set {item!r}")
+        layers[pattern] = {**layers.get(pattern, {}), **entry}
+    return layers
+
+
+def _parse_value(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if "x" in value and all(p.isdigit() for p in value.split("x")):
+        return [int(p) for p in value.split("x")]
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _check_keys(entry: dict[str, Any], where: str) -> None:
+    unknown = set(entry) - KEYS
+    if unknown:
+        raise CompileError(f"{where}: unknown policy keys {sorted(unknown)}; known: {sorted(KEYS)}")
+    if "mode" in entry and entry["mode"] not in MODES:
+        raise CompileError(f"{where}: mode {entry['mode']!r} is not one of {', '.join(MODES)}")
+
+
+def settings_for(name: str, dynamic: bool, preset: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """The effective settings of one layer in one preset."""
+    s = {**DEFAULTS, **policy.get("default", {})}
+    s["mode"] = preset if (dynamic and preset != "int8") else "int8"
+    for pattern, entry in policy.get("layers", {}).items():
+        if fnmatch.fnmatchcase(name, pattern):
+            s.update({k: v for k, v in entry.items() if k != "mode" or preset != "int8"})
+    if preset == "int8":
+        s["mode"], s["zero_skip"] = "int8", False
+    return s
+
+
+def threshold_for_ratio(sample: np.ndarray, region: list[int], ratio: float) -> int:
+    """DRQ threshold so that about `ratio` of the regions of the calibration sample are sensitive."""
+    sums = region_sums(torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float64)), *region).reshape(-1)
+    if ratio <= 0:
+        return int(sums.max()) + 1
+    if ratio >= 1:
+        return 0
+    return int(np.ceil(np.quantile(sums.numpy(), 1 - ratio)))
+
+
+def to_registers(s: dict[str, Any], threshold: int) -> PrecisionRegs:
+    region = list(s["region"]) if isinstance(s["region"], list | tuple) else [s["region"]] * 2
+    if s["insensitive"] not in ("lo", "hi"):
+        raise CompileError(f"policy: insensitive must be 'lo' or 'hi', got {s['insensitive']!r}")
+    regs = PrecisionRegs(mode=Mode[s["mode"].upper()], zero_skip=bool(s["zero_skip"]),
+                         insens_hi=s["insensitive"] == "hi", threshold=int(threshold), rh=int(region[0]),
+                         rw=int(region[1]), g=int(s["g"]), k=int(s["k"]))
+    try:
+        regs.validate()
+    except ValueError as exc:
+        raise CompileError(f"policy: {exc}") from exc
+    return regs

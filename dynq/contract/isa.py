@@ -1,0 +1,184 @@
+"""Instruction set of the overlay: opcodes, one field table, and the encoder/decoder derived from it.
+
+Every instruction is a fixed-size record of little-endian 32-bit words. Field positions are not typed
+in by hand: they are assigned from the ordered table `_FIELD_SPECS` (a field never straddles a word),
+so the compiler's encoder, the emulator's decoder, the HDL decoder and `docs/isa.md` cannot disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Op(enum.IntEnum):
+    """Opcodes. Semantics are documented in `docs/isa.md` (generated from `OP_DOCS`)."""
+
+    NOP = 0
+    CONV = 1
+    POOL = 2
+    ADD = 3
+    MOVE = 4
+    END = 15
+
+
+OP_DOCS: dict[Op, str] = {
+    Op.NOP: "Does nothing; costs `NOP_CYCLES`.",
+    Op.CONV: (
+        "Convolution (Gemm is a 1x1 convolution on a 1x1 map). `out[co,y,x] = clamp(requant(sum(x' * w) + "
+        "bias[co], mult[co], shift[co]), clip_lo, clip_hi)` where x' is the input after the layer's "
+        "precision rule (registers of `layer`). Weights int8 `[cout, cin/groups, kh, kw]` at `src1`; "
+        "per-channel int32 `bias, mult, shift` (3 x cout words) at `param`."
+    ),
+    Op.POOL: (
+        "Pooling. `aux=0`: max over the window (padding never wins). `aux=1`: "
+        "`clamp(requant(sum(window), mult0, shift0))`, padding counts as zero."
+    ),
+    Op.ADD: (
+        "Element-wise add with rescale: `clamp(requant(src0*mult0 + src1*mult1, 1, shift0))` "
+        "(mult0/mult1 signed)."
+    ),
+    Op.MOVE: "Rescaled copy (Concat, scale changes): `clamp(requant(src0 * mult0, 1, shift0))`.",
+    Op.END: "Ends a device segment: the core raises `done`.",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One instruction field: its place (`word`, `lsb`), `width`, and whether it is two's complement."""
+
+    name: str
+    width: int
+    signed: bool
+    word: int
+    lsb: int
+    doc: str
+
+    @property
+    def lo(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+
+# (name, width, signed, doc), in packing order.
+_FIELD_SPECS: tuple[tuple[str, int, bool, str], ...] = (
+    ("opcode", 4, False, "operation, see `Op`"),
+    ("layer", 8, False, "precision-register bank and counter slot of this layer"),
+    ("s0_signed", 1, False, "src0 holds int8 (1) or uint8 (0)"),
+    ("s1_signed", 1, False, "src1 holds int8 (1) or uint8 (0) (ADD only)"),
+    ("out_signed", 1, False, "dst holds int8 (1) or uint8 (0)"),
+    ("aux", 4, False, "POOL: 0 max, 1 average"),
+    ("src0", 32, False, "byte offset of the input tensor in the activation arena"),
+    ("src1", 32, False, "CONV: byte offset of the weights in the weight image; ADD: second input in the arena"),
+    ("dst", 32, False, "byte offset of the output tensor in the activation arena"),
+    ("param", 32, False, "CONV: byte offset of per-channel bias/mult/shift in the weight image"),
+    ("cin", 16, False, "input channels"),
+    ("cout", 16, False, "output channels"),
+    ("ih", 16, False, "input height"),
+    ("iw", 16, False, "input width"),
+    ("oh", 16, False, "output height"),
+    ("ow", 16, False, "output width"),
+    ("kh", 8, False, "kernel height"),
+    ("kw", 8, False, "kernel width"),
+    ("sh", 4, False, "stride along height"),
+    ("sw", 4, False, "stride along width"),
+    ("dh", 4, False, "dilation along height"),
+    ("dw", 4, False, "dilation along width"),
+    ("pt", 4, False, "padding top"),
+    ("pl", 4, False, "padding left"),
+    ("pb", 4, False, "padding bottom"),
+    ("pr", 4, False, "padding right"),
+    ("groups", 16, False, "convolution groups (cin for depthwise)"),
+    ("clip_lo", 16, True, "lower clamp of the output"),
+    ("clip_hi", 16, True, "upper clamp of the output"),
+    ("mult0", 16, True, "POOL/ADD/MOVE multiplier of src0"),
+    ("mult1", 16, True, "ADD multiplier of src1"),
+    ("shift0", 8, False, "POOL/ADD/MOVE rounding right shift"),
+)
+
+
+def _pack(specs: tuple[tuple[str, int, bool, str], ...]) -> tuple[Field, ...]:
+    fields, word, lsb = [], 0, 0
+    for name, width, signed, doc in specs:
+        if lsb + width > 32:
+            word, lsb = word + 1, 0
+        fields.append(Field(name, width, signed, word, lsb, doc))
+        lsb += width
+    return tuple(fields)
+
+
+FIELDS: tuple[Field, ...] = _pack(_FIELD_SPECS)
+FIELD: dict[str, Field] = {f.name: f for f in FIELDS}
+INSTR_WORDS = 16
+"""Words per instruction; the packed table needs fewer, the rest is reserved (zero)."""
+INSTR_BYTES = 4 * INSTR_WORDS
+assert FIELDS[-1].word < INSTR_WORDS
+
+
+@dataclass(frozen=True)
+class Instr:
+    """A decoded instruction: the opcode and every field value (absent fields are 0)."""
+
+    op: Op
+    values: dict[str, int]
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class EncodeError(ValueError):
+    """A field value does not fit its width: the layer cannot be expressed in this ISA."""
+
+
+def encode(op: Op, **values: int) -> bytes:
+    """Encodes one instruction; unknown field names and out-of-range values raise EncodeError."""
+    words = [0] * INSTR_WORDS
+    values = {"opcode": int(op), **values}
+    for name, value in values.items():
+        field = FIELD.get(name)
+        if field is None:
+            raise EncodeError(f"unknown instruction field {name!r}")
+        value = int(value)
+        if not field.lo <= value <= field.hi:
+            raise EncodeError(
+                f"{op.name}.{name}={value} does not fit {field.width} bits ({field.lo}..{field.hi})"
+            )
+        words[field.word] |= (value & ((1 << field.width) - 1)) << field.lsb
+    return np.asarray(words, dtype="<u4").tobytes()
+
+
+class DecodeError(ValueError):
+    """The bytes are not a valid instruction of this contract (unknown opcode, wrong length)."""
+
+
+def decode(record: bytes) -> Instr:
+    """Decodes one instruction record."""
+    if len(record) != INSTR_BYTES:
+        raise DecodeError(f"instruction record has {len(record)} bytes, expected {INSTR_BYTES}")
+    words = np.frombuffer(record, dtype="<u4")
+    values = {}
+    for field in FIELDS:
+        raw = (int(words[field.word]) >> field.lsb) & ((1 << field.width) - 1)
+        if field.signed and raw >> (field.width - 1):
+            raw -= 1 << field.width
+        values[field.name] = raw
+    try:
+        op = Op(values["opcode"])
+    except ValueError:
+        raise DecodeError(f"unknown opcode {values['opcode']}") from None
+    return Instr(op, values)
+
+
+def decode_program(body: bytes) -> list[Instr]:
+    """Decodes a whole instruction stream (the body of `program.bin`)."""
+    if len(body) % INSTR_BYTES:
+        raise DecodeError(f"instruction stream of {len(body)} bytes is not a multiple of {INSTR_BYTES}")
+    return [decode(body[i : i + INSTR_BYTES]) for i in range(0, len(body), INSTR_BYTES)]

@@ -1,0 +1,210 @@
+"""The overlay's AXI4-Lite register map, as data.
+
+Three kinds of space: global control/status registers, one bank of precision registers per layer (the
+runtime rewrites them between inferences: this is what makes precision a run-time choice), the
+region-mask memory of the input-importance mode, and one bank of performance counters per layer.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+
+MAX_LAYERS = 256
+"""Precision-register banks and counter banks; the `layer` field of an instruction indexes them."""
+
+MASK_GRID = 16
+"""The region mask is a MASK_GRID x MASK_GRID grid over the network input, scaled to every layer."""
+MASK_BITS = 2
+"""Bits per mask cell: 0 = cropped (0 bits), 1 = 4-bit, 2 = 8-bit."""
+MASK_WORDS = MASK_GRID * MASK_GRID * MASK_BITS // 32
+
+
+class Mode(enum.IntEnum):
+    """Per-layer precision mode (DESIGN.md section 4)."""
+
+    INT8 = 0
+    DRQ = 1
+    SDP = 2
+    DAQ = 3
+
+
+class ErrorCode(enum.IntEnum):
+    """Value of the ERROR register when STATUS.error is set."""
+
+    OK = 0
+    BAD_OPCODE = 1
+    ADDR_RANGE = 2
+    BUFFER_OVERFLOW = 3
+    BAD_PRECISION = 4
+    DMA = 5
+    FINGERPRINT = 6
+
+
+@dataclass(frozen=True)
+class RegField:
+    name: str
+    lsb: int
+    width: int
+    doc: str
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: str
+    doc: str
+    fields: tuple[RegField, ...] = ()
+
+
+ID_MAGIC = 0x44594E51
+"""'DYNQ': the ID register's value, how a driver knows it talks to this core."""
+
+GLOBAL_REGISTERS: tuple[Register, ...] = (
+    Register("CTRL", 0x00, "RW", "control; start is self-clearing", (
+        RegField("start", 0, 1, "write 1 to run INSTR_COUNT instructions from INSTR_ADDR"),
+        RegField("reset", 1, 1, "write 1 to abort and clear STATUS, ERROR and counters"),
+    )),
+    Register("STATUS", 0x04, "RO", "status", (
+        RegField("done", 0, 1, "the segment ended at an END instruction without error"),
+        RegField("busy", 1, 1, "running"),
+        RegField("error", 2, 1, "stopped on an error; see ERROR"),
+    )),
+    Register("ERROR", 0x08, "RO", "error code (`ErrorCode`) of the last run"),
+    Register("ERROR_PC", 0x0C, "RO", "index of the instruction that raised the error"),
+    Register("ID", 0x10, "RO", f"constant 0x{ID_MAGIC:08X}"),
+    Register("CONTRACT", 0x14, "RO", "contract version the core was built from"),
+    Register("FINGERPRINT", 0x18, "RO", "architecture fingerprint the core was built for"),
+    Register("INSTR_ADDR", 0x1C, "RW", "physical address of the first instruction of the segment"),
+    Register("INSTR_COUNT", 0x20, "RW", "instructions in the segment"),
+    Register("WEIGHT_ADDR", 0x24, "RW", "physical address of the weight image body"),
+    Register("WEIGHT_BYTES", 0x28, "RW", "size of the weight image body"),
+    Register("ARENA_ADDR", 0x2C, "RW", "physical address of the activation arena"),
+    Register("ARENA_BYTES", 0x30, "RW", "size of the activation arena"),
+    Register("PC", 0x34, "RO", "index of the instruction being executed"),
+    Register("CYCLES", 0x38, "RO", "busy cycles of the last run (all layers)"),
+)
+GLOBAL: dict[str, Register] = {r.name: r for r in GLOBAL_REGISTERS}
+
+PRECISION_BASE = 0x1000
+PRECISION_STRIDE = 0x10
+MASK_BASE = 0x2000
+COUNTER_BASE = 0x4000
+COUNTER_STRIDE = 0x20
+ADDRESS_SPACE = 0x8000
+"""Bytes of AXI4-Lite address space the core decodes."""
+
+PRECISION_REGISTERS: tuple[Register, ...] = (
+    Register("MODE", 0x0, "RW", "precision mode of the layer", (
+        RegField("mode", 0, 3, "`Mode`"),
+        RegField("zero_skip", 3, 1, "skip term-part steps that are zero in every lane"),
+        RegField("insens_hi", 4, 1, "DRQ/DAQ 4-bit rule: 0 = low part saturated, 1 = high part rounded"),
+    )),
+    Register("THRESHOLD", 0x4, "RW", "DRQ: a region is sensitive when the sum of |x| over it >= THRESHOLD"),
+    Register("REGION", 0x8, "RW", "DRQ region geometry", (
+        RegField("rh", 0, 8, "region height in input pixels"),
+        RegField("rw", 8, 8, "region width in input pixels"),
+    )),
+    Register("SDP", 0xC, "RW", "SDP group geometry", (
+        RegField("g", 0, 8, "values per group along the input channels"),
+        RegField("k", 8, 8, "term parts kept per group (of 2g)"),
+    )),
+)
+
+COUNTERS: tuple[str, ...] = (
+    "busy_cycles",
+    "stall_cycles",
+    "compute_cycles",
+    "mac_steps",
+    "sensitive_regions",
+    "total_regions",
+    "kept_parts",
+    "total_parts",
+)
+"""Per-layer performance counters, one 32-bit word each, in this order, at COUNTER_BASE + layer*stride."""
+COUNTER_DOCS: dict[str, str] = {
+    "busy_cycles": "cycles from the layer's instruction issue to its last output write",
+    "stall_cycles": "compute cycles in which at least one active lane waited for a slower one",
+    "compute_cycles": "cycles the PE array spent on multiply steps (busy_cycles minus overheads)",
+    "mac_steps": "PE-steps that multiplied a term part (lane-steps x active columns): utilization is "
+    "mac_steps / (rows * cols * busy_cycles)",
+    "sensitive_regions": "DRQ: regions found sensitive (DAQ: mask cells at 8 bits, scaled)",
+    "total_regions": "DRQ/DAQ: regions examined",
+    "kept_parts": "SDP: non-masked term parts (int8/DRQ/DAQ: parts fed to the array)",
+    "total_parts": "term parts of the input (2 per value)",
+}
+assert len(COUNTERS) * 4 <= COUNTER_STRIDE
+assert COUNTER_BASE + MAX_LAYERS * COUNTER_STRIDE <= ADDRESS_SPACE
+assert PRECISION_BASE + MAX_LAYERS * PRECISION_STRIDE <= MASK_BASE
+
+
+def precision_offset(layer: int, register: str) -> int:
+    """Byte offset of a layer's precision register."""
+    reg = next(r for r in PRECISION_REGISTERS if r.name == register)
+    return PRECISION_BASE + layer * PRECISION_STRIDE + reg.offset
+
+
+def counter_offset(layer: int, counter: str) -> int:
+    """Byte offset of a layer's performance counter."""
+    return COUNTER_BASE + layer * COUNTER_STRIDE + 4 * COUNTERS.index(counter)
+
+
+@dataclass(frozen=True)
+class PrecisionRegs:
+    """The values of one layer's precision-register bank; packs to and from the register words."""
+
+    mode: Mode = Mode.INT8
+    zero_skip: bool = False
+    insens_hi: bool = False
+    threshold: int = 0
+    rh: int = 4
+    rw: int = 4
+    g: int = 8
+    k: int = 16
+
+    def to_words(self) -> dict[str, int]:
+        """Register name -> 32-bit word."""
+        values = {f.name: int(getattr(self, f.name)) for f in fields(self)}
+        words = {}
+        for reg in PRECISION_REGISTERS:
+            if not reg.fields:
+                words[reg.name] = values[reg.name.lower()] & 0xFFFFFFFF
+                continue
+            word = 0
+            for f in reg.fields:
+                if not 0 <= values[f.name] < (1 << f.width):
+                    raise ValueError(f"precision register {reg.name}.{f.name}={values[f.name]} "
+                                     f"does not fit {f.width} bits")
+                word |= values[f.name] << f.lsb
+            words[reg.name] = word
+        return words
+
+    @classmethod
+    def from_words(cls, words: dict[str, int]) -> PrecisionRegs:
+        values: dict[str, int] = {}
+        for reg in PRECISION_REGISTERS:
+            if not reg.fields:
+                values[reg.name.lower()] = words[reg.name]
+            for f in reg.fields:
+                values[f.name] = (words[reg.name] >> f.lsb) & ((1 << f.width) - 1)
+        return cls(mode=Mode(values.pop("mode")), zero_skip=bool(values.pop("zero_skip")),
+                   insens_hi=bool(values.pop("insens_hi")), **values)
+
+    def validate(self) -> None:
+        """Raises ValueError for settings the overlay rejects (it would flag BAD_PRECISION)."""
+        self.to_words()
+        if self.mode == Mode.DRQ and (self.rh < 1 or self.rw < 1):
+            raise ValueError(f"DRQ region {self.rh}x{self.rw} must be at least 1x1")
+        if self.mode == Mode.SDP and not (1 <= self.g and 0 <= self.k <= 2 * self.g):
+            raise ValueError(f"SDP needs g >= 1 and 0 <= k <= 2g, got g={self.g} k={self.k}")
+
+
+def pack_mask(mask) -> list[int]:  # noqa: ANN001 - numpy array, kept import-free
+    """Packs a MASK_GRID x MASK_GRID array of cell precisions (0, 1, 2) into MASK_WORDS words."""
+    flat = [int(v) for v in mask.reshape(-1)]
+    if len(flat) != MASK_GRID * MASK_GRID or any(not 0 <= v <= 2 for v in flat):
+        raise ValueError(f"region mask must be {MASK_GRID}x{MASK_GRID} with values 0, 1 or 2")
+    per_word = 32 // MASK_BITS
+    return [sum(v << (MASK_BITS * i) for i, v in enumerate(flat[w * per_word:(w + 1) * per_word]))
+            for w in range(MASK_WORDS)]

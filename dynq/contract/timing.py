@@ -1,0 +1,146 @@
+"""The cycle model: the specification of the overlay's timing, per instruction.
+
+The PE array has `rows` lanes and `cols` columns. A CONV maps consecutive output pixels (raster order)
+onto the lanes of a *row tile* and output channels of one convolution group onto the columns of a
+*column tile*. For each (row tile, column tile) the array streams the reduction in the order
+(kh, kw, input-channel unit); a unit is one channel, or one SDP group of `g` channels. Every lane
+spends `n` steps on a unit (its term parts to multiply); lanes are lock-stepped per unit, so the
+array spends `max(n)` cycles and a lane with fewer steps stalls. Afterwards the active lanes drain
+their outputs through the requantizer, one lane per cycle, behind a pipeline of PIPE_CYCLES.
+
+A layer with a single output pixel (a Gemm, or a 1x1 conv on a 1x1 map) would leave all lanes but
+one idle, so it is mapped the other way: the lanes split the reduction (lane r takes units r, r+rows,
+...), each accumulates a partial sum, and an adder tree joins the lanes in REDUCE_CYCLES at the end.
+
+The emulator computes these counters; the RTL's counters must equal them cycle for cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LAYER_SETUP_CYCLES = 8
+"""Instruction fetch, decode and precision-register read, per instruction."""
+PIPE_CYCLES = 4
+"""Multiplier, adder-tree and requantizer pipeline latency, paid once per tile."""
+NOP_CYCLES = 1
+REDUCE_CYCLES = 4
+"""Cross-lane adder tree of the reduction-split mapping (log2 of 16 lanes; fixed for every array)."""
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    n_units: int  # sync units per convolution group
+    groups: int
+    cout_g: int
+    oh: int
+    ow: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv_tiles(g: ConvGeometry, rows: int, cols: int) -> tuple[int, int]:
+    """(row tiles, column tiles per group)."""
+    return ceil_div(g.oh * g.ow, rows), ceil_div(g.cout_g, cols)
+
+
+def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: ConvGeometry, rows: int, cols: int,
+                  predictor_cycles: int) -> dict[str, int]:
+    """Counters of one CONV summed over a batch of `batch` images.
+
+    `steps` is [batch, groups * n_units, ih, iw]: the steps each input position costs a lane in each sync
+    unit (0, 1 or 2 for one channel; 0..k for an SDP group), or None when every position costs
+    `pad_steps`. Padding positions cost `pad_steps`. `predictor_cycles` are the cycles of the DRQ region
+    predictor's pass over the input (0 otherwise).
+    """
+    row_tiles, col_tiles = conv_tiles(g, rows, cols)
+    p = g.oh * g.ow
+    if reduction_split(g):
+        overhead = col_tiles * g.groups * (PIPE_CYCLES + REDUCE_CYCLES + 1)
+        units = g.groups * g.n_units
+        if steps is None:
+            compute = batch * g.groups * ceil_div(g.n_units, rows) * pad_steps
+            stall, lane_steps = 0, batch * units * pad_steps
+        else:
+            compute, stall, lane_steps = _split_lanes(steps.reshape(batch, g.groups, g.n_units), rows)
+    elif steps is None:  # uniform cost: no data-dependent work
+        overhead = row_tiles * col_tiles * g.groups * PIPE_CYCLES + col_tiles * g.groups * p
+        units = g.groups * g.n_units * g.kh * g.kw
+        compute, stall, lane_steps = batch * units * row_tiles * pad_steps, 0, batch * units * p * pad_steps
+    else:
+        overhead = row_tiles * col_tiles * g.groups * PIPE_CYCLES + col_tiles * g.groups * p
+        compute, stall, lane_steps = _lockstep(steps, pad_steps, g, rows)
+    return {
+        "busy_cycles": batch * (LAYER_SETUP_CYCLES + predictor_cycles + overhead) + col_tiles * compute,
+        "compute_cycles": col_tiles * compute,
+        "stall_cycles": col_tiles * stall,
+        "mac_steps": g.cout_g * lane_steps,
+    }
+
+
+def reduction_split(g: ConvGeometry) -> bool:
+    """Single-output-pixel layers put the reduction, not the pixels, on the lanes."""
+    return g.oh * g.ow == 1 and g.kh * g.kw == 1 and g.pt + g.pl + g.pb + g.pr == 0
+
+
+def _split_lanes(steps: torch.Tensor, rows: int) -> tuple[int, int, int]:
+    """Lanes take units round-robin; each step of the lanes waits for the slowest of them."""
+    batch, groups, units = steps.shape
+    chunks = ceil_div(units, rows)
+    lanes = F.pad(steps.to(torch.int16), (0, chunks * rows - units), value=-1).view(batch, groups, chunks, rows)
+    slowest = lanes.max(dim=-1).values
+    fastest = torch.where(lanes < 0, torch.full_like(lanes, 1 << 14), lanes).min(dim=-1).values
+    return int(slowest.sum()), int((slowest - fastest).sum()), int(steps.sum())
+
+
+def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int) -> tuple[int, int, int]:
+    """Sum over tiles, taps and units of the slowest lane, of (slowest - fastest), and of all steps."""
+    n, units = steps.shape[:2]
+    padded = F.pad(steps.to(torch.int16), (g.pl, g.pr, g.pt, g.pb), value=pad_steps)
+    p = g.oh * g.ow
+    tiles = ceil_div(p, rows)
+    compute = stall = total = 0
+    for a in range(g.kh):
+        for b in range(g.kw):
+            y0, x0 = a * g.dh, b * g.dw
+            tap = padded[:, :, y0:y0 + g.sh * (g.oh - 1) + 1:g.sh, x0:x0 + g.sw * (g.ow - 1) + 1:g.sw]
+            flat = tap.reshape(n, units, p)
+            total += int(flat.sum())
+            if tiles * rows != p:
+                flat = F.pad(flat, (0, tiles * rows - p), value=-1)
+            lanes = flat.view(n, units, tiles, rows)
+            slowest = lanes.max(dim=-1).values
+            fastest = torch.where(lanes < 0, torch.full_like(lanes, 1 << 14), lanes).min(dim=-1).values
+            compute += int(slowest.sum())
+            stall += int((slowest - fastest).sum())
+    return compute, stall, total
+
+
+def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, rows: int) -> int:
+    """POOL: the lanes compute `rows` outputs at a time, one window element per cycle."""
+    return LAYER_SETUP_CYCLES + ceil_div(channels * oh * ow, rows) * kh * kw + PIPE_CYCLES
+
+
+def eltwise_cycles(elements: int, rows: int) -> int:
+    """ADD and MOVE: `rows` elements per cycle."""
+    return LAYER_SETUP_CYCLES + ceil_div(elements, rows) + PIPE_CYCLES
+
+
+def predictor_cycles(values: int, rows: int) -> int:
+    """DRQ region predictor: one pass over the layer's input, `rows` values per cycle."""
+    return ceil_div(values, rows)

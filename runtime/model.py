@@ -1,0 +1,219 @@
+"""`dynq.load(build_dir)` and `Model.run(x)`: the Python API the CLI mirrors.
+
+A run quantizes the input on the host, walks the build's schedule (device segments on a backend,
+host partitions on onnxruntime), and returns outputs with a per-layer report built from the same
+counters the overlay's registers hold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from dynq.runtime.artifacts import Build, open_build
+from dynq.runtime.emulator import Arena, Emulator
+from dynq.runtime.energy import layer_energy_uj
+
+from dynq.contract import MASK_GRID, Mode, PrecisionRegs
+from dynq.contract.artifacts import ArtifactError
+from dynq.errors import DynqError
+
+
+class InputError(DynqError, ValueError):
+    """The input array does not match what the model was compiled for."""
+
+
+@dataclass
+class LayerReport:
+    index: int
+    name: str
+    kind: str
+    mode: str
+    cycles: int
+    compute_cycles: int = 0
+    stall_cycles: int = 0
+    mac_steps: int = 0
+    utilization: float = 0.0
+    sensitive_share: float | None = None
+    kept_share: float | None = None
+    energy_uj: float = 0.0
+
+
+@dataclass
+class Report:
+    """Per-layer counters and derived figures of one run (summed over the batch)."""
+
+    board: str
+    backend: str
+    mode: str
+    batch: int
+    total_cycles: int
+    layers: list[LayerReport]
+    energy_uj: float
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), **self.extra}
+
+
+@dataclass
+class Result:
+    outputs: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    report: Report
+
+    @property
+    def output(self) -> np.ndarray:
+        """The first (usually only) output, dequantized."""
+        return next(iter(self.outputs.values()))
+
+
+class Model:
+    """A loaded build. Precision settings are register values, changeable per call or persistently."""
+
+    def __init__(self, build: Build, mode: str | None = None):
+        self.build = build
+        self.emulator = Emulator(build)
+        self.registers = build.preset(mode or build.manifest["mode"])
+        self.mode = mode or build.manifest["mode"]
+        self._host: dict[str, ort.InferenceSession] = {}
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return self.build.manifest["layers"]
+
+    def set_mode(self, mode: str) -> None:
+        """Loads the compiler's register preset for `mode` (int8, drq, sdp, daq)."""
+        self.registers, self.mode = self.build.preset(mode), mode
+
+    def set_layer(self, layer: int | str, **changes: Any) -> None:
+        """Rewrites one layer's precision registers, e.g. set_layer("conv2", threshold=900, k=6)."""
+        index = self._layer_index(layer)
+        regs = self.registers[index]
+        if "mode" in changes and not isinstance(changes["mode"], Mode):
+            changes["mode"] = Mode[str(changes["mode"]).upper()]
+        new = PrecisionRegs(**{**asdict(regs), **changes})
+        new.validate()
+        self.registers = [*self.registers[:index], new, *self.registers[index + 1:]]
+
+    def _layer_index(self, layer: int | str) -> int:
+        if isinstance(layer, int):
+            if not 0 <= layer < len(self.layers):
+                raise KeyError(f"layer index {layer} out of range 0..{len(self.layers) - 1}")
+            return layer
+        for entry in self.layers:
+            if entry["name"] == layer:
+                return int(entry["index"])
+        raise KeyError(f"no layer named {layer!r}; layers: {', '.join(e['name'] for e in self.layers)}")
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        spec = self.build.manifest["input"]
+        expected = tuple(spec["shape"])
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            kind = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+            raise InputError(f"input must be a float32 array [N, {', '.join(map(str, expected))}], got {kind}; "
+                             "convert it with x.astype(np.float32)")
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise InputError(f"input has shape {list(x.shape)}, the model expects "
+                             f"[N, {', '.join(map(str, expected))}]")
+        if not np.all(np.isfinite(x)):
+            raise InputError("input contains NaN or infinite values")
+        return x
+
+    def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
+            registers: list[PrecisionRegs] | None = None) -> Result:
+        """Runs a batch on the emulator. `mode` picks a preset for this call only; `mask` is the
+        MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads."""
+        x = self.check_input(x)
+        regs = registers or (self.build.preset(mode) if mode else self.registers)
+        start = time.perf_counter()
+        mask_t = None if mask is None else _mask_tensor(mask)
+        arena = self.emulator.new_arena(x.shape[0])
+        floats: dict[str, np.ndarray] = {self.build.manifest["input"]["name"]: x}
+        tensors = self.build.manifest["tensors"]
+        counters: dict[int, dict[str, int]] = {}
+        inp = self.build.manifest["input"]
+        if "offset" in inp:
+            q = np.clip(np.rint(x / inp["scale"]), inp["lo"], inp["hi"]).astype(np.float32)
+            arena.write(inp["offset"], torch.from_numpy(q), inp["signed"], -1)
+        for step in self.build.manifest["schedule"]:
+            if step["kind"] == "device":
+                self.emulator.run_segment(arena, step["first"], step["count"], regs, mask_t, counters)
+            else:
+                self._run_host(step, arena, floats, tensors)
+        outputs, raw = {}, {}
+        for out in self.build.manifest["outputs"]:
+            if out["device"]:
+                q = arena.read(out["offset"], tuple(out["shape"]) if len(out["shape"]) == 3
+                               else (int(np.prod(out["shape"])), 1, 1), out["signed"], -1)
+                raw[out["name"]] = q.numpy().reshape(x.shape[0], *out["shape"]).astype(np.int32)
+                outputs[out["name"]] = (raw[out["name"]] * np.float32(out["scale"])).astype(np.float32)
+            else:
+                outputs[out["name"]] = floats[out["name"]]
+        report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, "emulator")
+        return Result(outputs, raw, report)
+
+    def _run_host(self, step: dict[str, Any], arena: Arena, floats: dict[str, np.ndarray],
+                  tensors: dict[str, Any]) -> None:
+        session = self._host.get(step["file"])
+        if session is None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            session = ort.InferenceSession(self.build.host_models[step["file"]], options,
+                                           providers=["CPUExecutionProvider"])
+            self._host[step["file"]] = session
+        feed = {}
+        for name in step["inputs"]:
+            if name in floats:
+                feed[name] = floats[name]
+            else:
+                t = tensors[name]
+                q = arena.read(t["offset"], tuple(t["shape"]), t["signed"], -1).numpy()
+                shape = session.get_inputs()[step["inputs"].index(name)].shape
+                feed[name] = (q * np.float32(t["scale"])).reshape(q.shape[0], *shape[1:]).astype(np.float32)
+        for name, value in zip(step["outputs"], session.run(step["outputs"], feed), strict=True):
+            floats[name] = value
+            if name in tensors:
+                t = tensors[name]
+                q = np.clip(np.rint(value / t["scale"]), t["lo"], t["hi"]).astype(np.float32)
+                arena.write(t["offset"], torch.from_numpy(q.reshape(q.shape[0], *t["shape"])), t["signed"], -1)
+
+    def _report(self, counters: dict[int, dict[str, int]], regs: list[PrecisionRegs], batch: int,
+                seconds: float, backend: str) -> Report:
+        rows, cols = self.emulator.rows, self.emulator.cols
+        layers = []
+        for entry in self.layers:
+            c = counters.get(entry["index"], {})
+            mode = regs[entry["index"]].mode.name.lower() if entry["kind"] == "conv" else "int8"
+            busy = c.get("busy_cycles", 0)
+            layers.append(LayerReport(
+                index=entry["index"], name=entry["name"], kind=entry["kind"], mode=mode, cycles=busy,
+                compute_cycles=c.get("compute_cycles", 0), stall_cycles=c.get("stall_cycles", 0),
+                mac_steps=c.get("mac_steps", 0),
+                utilization=c.get("mac_steps", 0) / (rows * cols * busy) if busy else 0.0,
+                sensitive_share=(c["sensitive_regions"] / c["total_regions"]) if c.get("total_regions") else None,
+                kept_share=(c["kept_parts"] / c["total_parts"]) if c.get("total_parts") else None,
+                energy_uj=layer_energy_uj(c, rows, cols)))
+        return Report(self.build.board, backend, self.mode, batch, sum(lr.cycles for lr in layers), layers,
+                      sum(lr.energy_uj for lr in layers), seconds)
+
+
+def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    mask = np.asarray(mask)
+    if mask.shape != (MASK_GRID, MASK_GRID) or not np.isin(mask, (0, 1, 2)).all():
+        raise InputError(f"region mask must be a {MASK_GRID}x{MASK_GRID} array of 0, 1 or 2")
+    return torch.from_numpy(mask.astype(np.int64))
+
+
+def load(build_dir: str | Path, board: str | None = None, mode: str | None = None) -> Model:
+    """Opens and verifies a build; `board` refuses a build compiled for another architecture."""
+    build = open_build(Path(build_dir), board)
+    if mode is not None and mode not in build.manifest["presets"]:
+        raise ArtifactError(f"no precision preset {mode!r} in {build_dir}")
+    return Model(build, mode)
