@@ -90,14 +90,11 @@ def _check_calib(calib: np.ndarray, g: Graph, source: str) -> np.ndarray:
     return calib.astype(np.float32)
 
 
-def _device_reason(g: Graph, node: Node, low: Lowerer) -> str:
-    """Empty when `node` can run on the overlay, else why it cannot."""
+def _op_reason(g: Graph, node: Node) -> str:
+    """Empty when the overlay has this op with these attributes, else why not."""
     if node.op not in DEVICE_OPS:
         return f"{node.op} is not an overlay op"
     data = [t for t in node.inputs if t and t not in g.consts]
-    missing = [t for t in data if t not in low.tensors]
-    if missing:
-        return "its input comes from the host"
     if node.op == "Add" and (len(data) != 2 or g.shapes[data[0]] != g.shapes[data[1]]):
         return "Add with a constant or broadcasting runs on the host"
     if node.op == "Concat" and node.attr("axis") not in (1, -3):
@@ -122,20 +119,23 @@ def _lower(g: Graph, low: Lowerer, ranges: dict, source: str) -> list[Placement]
     placements: list[Placement] = []
     host: list[Node] = []
     x = g.inputs[0]
-    if any(_device_reason(g, n, low) == "" or n.op in DEVICE_OPS for n in g.consumers(x)):
+    if any(not _op_reason(g, n) for n in g.consumers(x)):
         low._new_tensor(x, nonneg=x in ranges and ranges[x].nonneg)
     handlers = {"Conv": low.conv, "Gemm": low.conv, "MaxPool": low.pool, "AveragePool": low.pool,
                 "GlobalAveragePool": low.pool, "Add": low.add, "Relu": low.clamp, "Clip": low.clamp,
                 "Concat": low.concat, "Flatten": low.flatten, "Reshape": low.flatten}
     for node in g.nodes:
-        reason = _device_reason(g, node, low)
+        reason = _op_reason(g, node)
+        data = [t for t in node.inputs if t and t not in g.consts]
+        if not reason and host and any(t in n.outputs for n in host for t in data):
+            _host_partition(g, low, host, ranges, source)  # its outputs become device tensors
+            host = []
+        if not reason and any(t not in low.tensors for t in data):
+            reason = "its input is only available on the host"
         if reason:
             host.append(node)
             placements.append(Placement(node.name, node.op, "host", reason))
             continue
-        if host:
-            _host_partition(g, low, host, ranges, source)
-            host = []
         handlers[node.op](node)
         placements.append(Placement(node.name, node.op, "device"))
     if host:

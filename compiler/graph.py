@@ -64,9 +64,21 @@ class Graph:
         def info(t: str) -> onnx.ValueInfoProto:
             return helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, ["N", *self.shapes[t][1:]])
 
-        graph = helper.make_graph(
-            [helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **n.attrs) for n in nodes],
-            "host_partition", [info(t) for t in inputs], [info(t) for t in outputs], inits)
+        onnx_nodes = []
+        for n in nodes:
+            attrs = {k: v for k, v in n.attrs.items() if k != "clip"}
+            if "clip" not in n.attrs:
+                onnx_nodes.append(helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **attrs))
+                continue
+            # a fused activation goes back to being its own node
+            pre = f"{n.outputs[0]}__pre_clip"
+            bounds = [f"{n.outputs[0]}__clip_{side}" for side in ("min", "max")]
+            for name, value in zip(bounds, n.attrs["clip"], strict=True):
+                inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+            onnx_nodes.append(helper.make_node(n.op, n.inputs, [pre], name=n.name, **attrs))
+            onnx_nodes.append(helper.make_node("Clip", [pre, *bounds], n.outputs, name=f"{n.name}/clip"))
+        graph = helper.make_graph(onnx_nodes, "host_partition", [info(t) for t in inputs],
+                                  [info(t) for t in outputs], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = min(model.ir_version, 10)
         return model

@@ -251,7 +251,8 @@ class Lowerer:
                     s: list[int], d: list[int], cin_g: int) -> None:
         """A row tile's input band (all rows its lanes read) must fit the input buffer."""
         rows_spanned = min(out_hw[0], -(-self.arch.rows // out_hw[1]) + 1)
-        band = ((rows_spanned - 1) * s[0] + (k[0] - 1) * d[0] + 1) * xin[2] * cin_g
+        input_rows = min((rows_spanned - 1) * s[0] + (k[0] - 1) * d[0] + 1, rows_spanned * k[0])
+        band = input_rows * xin[2] * cin_g
         if band > self.arch.ibuf_bytes:
             raise CompileError(f"{self.source}: {node.name}: a row tile needs {band} bytes of input buffer, "
                                f"the board has {self.arch.ibuf_bytes}; use a board with a larger buffer")

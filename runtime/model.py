@@ -67,6 +67,8 @@ class Result:
     outputs: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]
     report: Report
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    """With `trace=True`: every device tensor (integers, [N, C, H, W]) as the arena holds it at the end."""
 
     @property
     def output(self) -> np.ndarray:
@@ -127,7 +129,7 @@ class Model:
         return x
 
     def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
-            registers: list[PrecisionRegs] | None = None) -> Result:
+            registers: list[PrecisionRegs] | None = None, trace: bool = False) -> Result:
         """Runs a batch on the emulator. `mode` picks a preset for this call only; `mask` is the
         MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads."""
         x = self.check_input(x)
@@ -157,7 +159,9 @@ class Model:
             else:
                 outputs[out["name"]] = floats[out["name"]]
         report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, "emulator")
-        return Result(outputs, raw, report)
+        traced = {name: arena.read(t["offset"], tuple(t["shape"]), t["signed"], -1).numpy().astype(np.int32)
+                  for name, t in tensors.items()} if trace else {}
+        return Result(outputs, raw, report, traced)
 
     def _run_host(self, step: dict[str, Any], arena: Arena, floats: dict[str, np.ndarray],
                   tensors: dict[str, Any]) -> None:

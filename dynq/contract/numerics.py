@@ -53,7 +53,8 @@ def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, lo: i
 def requantize_fast(acc: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Same result as `requantize`, in float64: `scale = mult * 2**-shift` is exact, so is the product.
 
-    `acc` holds exact integers (any float dtype), `scale` broadcasts against it. Returns float32.
+    `acc` holds exact integers (any float dtype), `scale` broadcasts against it. Returns float32, exact
+    because every clamp range of the ISA (16-bit fields) lies within float32's exact integers.
     """
     out = acc.to(torch.float64).mul_(scale).add_(0.5).floor_().clamp_(lo, hi)
     return out.to(torch.float32)

@@ -1,0 +1,83 @@
+"""Shared fixtures: small torch nets exported to ONNX that exercise every overlay op and mode."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+
+
+class OpsNet(nn.Module):
+    """Every overlay op in one net: dilated, grouped, depthwise and strided convs with asymmetric
+    padding, signed activations, BatchNorm, ReLU6, max/avg/global pooling, residual Add, Concat, Gemm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=(0, 1), groups=8)
+        self.pw = nn.Conv2d(8, 12, 1)
+        self.c3 = nn.Conv2d(12, 12, 3, padding=1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.c1(x)  # signed output (no ReLU)
+        b = torch.relu(self.bn2(self.c2(a)))
+        c = nn.functional.relu6(self.dw(nn.functional.max_pool2d(b, 2, 1)))
+        d = torch.relu(self.pw(c))
+        e = torch.relu(self.c3(d) + d)
+        f = torch.cat([nn.functional.avg_pool2d(e, 2), nn.functional.avg_pool2d(d, 2)], dim=1)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1))
+
+
+class HostNet(nn.Module):
+    """Ops the overlay lacks, between overlay layers: they must become host partitions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = nn.functional.leaky_relu(self.c1(x), 0.1)
+        b = torch.relu(self.c2(a))
+        b = b * torch.sigmoid(b)  # SiLU-style gating
+        return torch.softmax(self.fc(torch.flatten(b, 1)), dim=1)
+
+
+def export(model: nn.Module, path: Path, shape: tuple[int, ...], seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    torch.onnx.export(model, torch.rand(1, *shape), str(path), input_names=["input"], output_names=["out"],
+                      dynamic_axes={"input": {0: "N"}}, opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ops_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return export(OpsNet(), tmp_path_factory.mktemp("ops") / "ops.onnx", (3, 16, 16))
+
+
+@pytest.fixture(scope="session")
+def host_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    return export(HostNet(), tmp_path_factory.mktemp("host") / "host.onnx", (1, 8, 8))
+
+
+def images(n: int, shape: tuple[int, ...], seed: int = 0, signed: bool = False) -> np.ndarray:
+    x = np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+    return (2 * x - 1) if signed else x

@@ -1,0 +1,87 @@
+"""The emulator against the independent integer reference, every tensor, every mode; and against
+onnxruntime fp32 for sanity of the whole quantization flow."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import dynq
+from dynq.contract import MASK_GRID, Mode
+from tests import reference
+from tests.conftest import images
+
+SHAPE = (3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def ops_build(ops_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("opsbuild") / "build"
+    dynq.compile(ops_model, "pynq-z2", out, calib=images(32, SHAPE, seed=1, signed=True), mode="drq")
+    return out
+
+
+def _check_against_reference(model: dynq.runtime.model.Model, x: np.ndarray, regs: list, mask=None) -> None:
+    result = model.run(x, registers=regs, mask=mask, trace=True)
+    inp = model.build.manifest["input"]
+    x_q = np.clip(np.rint(x / inp["scale"]), inp["lo"], inp["hi"])
+    mem = reference.run(model.build, x_q, regs, mask)
+    for name, t in model.build.manifest["tensors"].items():
+        ref = mem[:, t["offset"]:t["offset"] + int(np.prod(t["shape"]))].reshape(result.tensors[name].shape)
+        diff = np.argwhere(ref != result.tensors[name])
+        assert diff.size == 0, f"{name}: first mismatch at {diff[0].tolist()}"
+
+
+@pytest.mark.parametrize("mode", ["int8", "drq", "sdp"])
+@pytest.mark.parametrize("zero_skip", [False, True])
+def test_every_tensor_matches_reference(ops_build: Path, mode: str, zero_skip: bool) -> None:
+    model = dynq.load(ops_build)
+    regs = [replace(r, zero_skip=zero_skip) for r in model.build.preset(mode)]
+    _check_against_reference(model, images(4, SHAPE, seed=2, signed=True), regs)
+
+
+def test_every_layer_dynamic_with_odd_settings(ops_build: Path) -> None:
+    """All convs (first conv and Gemm too) in DRQ with the high-part rule, then SDP with g=3, k=2."""
+    model = dynq.load(ops_build)
+    x = images(3, SHAPE, seed=3, signed=True)
+    drq = [replace(r, mode=Mode.DRQ, insens_hi=True, rh=3, rw=2, threshold=40) for r in model.build.preset("int8")]
+    _check_against_reference(model, x, drq)
+    sdp = [replace(r, mode=Mode.SDP, g=3, k=2, zero_skip=True) for r in model.build.preset("int8")]
+    _check_against_reference(model, x, sdp)
+
+
+def test_daq_mask(ops_build: Path) -> None:
+    model = dynq.load(ops_build)
+    mask = np.random.default_rng(4).integers(0, 3, (MASK_GRID, MASK_GRID))
+    _check_against_reference(model, images(2, SHAPE, seed=4, signed=True), model.build.preset("daq"), mask)
+
+
+def test_int8_close_to_fp32(ops_model: Path, ops_build: Path) -> None:
+    x = images(16, SHAPE, seed=5, signed=True)
+    ref = ort.InferenceSession(str(ops_model)).run(None, {"input": x})[0]
+    out = dynq.load(ops_build).run(x, mode="int8").output
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+def test_zero_skip_changes_cycles_not_outputs(ops_build: Path) -> None:
+    model = dynq.load(ops_build)
+    x = images(4, SHAPE, seed=6, signed=True)
+    plain = model.run(x, registers=[replace(r, zero_skip=False) for r in model.build.preset("int8")])
+    skip = model.run(x, registers=[replace(r, zero_skip=True) for r in model.build.preset("int8")])
+    np.testing.assert_array_equal(plain.output, skip.output)
+    assert skip.report.total_cycles < plain.report.total_cycles
+
+
+def test_host_partitions_run_and_are_reported(host_model: Path, tmp_path: Path) -> None:
+    result = dynq.compile(host_model, "pynq-z2", tmp_path / "b", calib=images(32, (1, 8, 8), seed=7))
+    host_ops = {p.op for p in result.placements if p.where == "host"}
+    assert {"LeakyRelu", "Sigmoid", "Mul", "Softmax"} <= host_ops
+    assert {p.op for p in result.placements if p.where == "device"} >= {"Conv", "Gemm"}
+    x = images(8, (1, 8, 8), seed=8)
+    ref = ort.InferenceSession(str(host_model)).run(None, {"input": x})[0]
+    out = dynq.load(tmp_path / "b").run(x).output
+    assert np.abs(out - ref).max() < 0.05
