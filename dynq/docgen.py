@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynq.contract import CONTRACT_VERSION, FIELDS, INSTR_BYTES, MASK_GRID, MAX_LAYERS, ErrorCode, Mode, Op
-from dynq.contract import artifacts, numerics, registers, timing
+from dynq.contract import (
+    CONTRACT_VERSION,
+    FIELDS,
+    INSTR_BYTES,
+    MASK_GRID,
+    MAX_LAYERS,
+    ErrorCode,
+    Mode,
+    Op,
+    artifacts,
+    numerics,
+    registers,
+    timing,
+)
 from dynq.contract.isa import OP_DOCS
 
 GENERATED = {"docs/isa.md": lambda: isa_markdown()}

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynq.contract import FIELDS, INSTR_BYTES, Mode, Op, PrecisionRegs, decode_program, encode
+from dynq.contract import FIELDS, INSTR_BYTES, Mode, Op, PrecisionRegs, decode_program, encode, registers, timing
 from dynq.contract import numerics as nx
-from dynq.contract import registers, timing
 from dynq.contract.isa import DecodeError, EncodeError, decode
 from dynq.docgen import sync
 

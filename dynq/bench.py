@@ -1,0 +1,156 @@
+"""Benchmarks that print tables: accuracy and cycles per precision mode, and the emulator's speed.
+
+Every number comes from running the code here on this machine; nothing is typed in. Timing ratios are
+always taken against a reference measured in the same run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+import dynq
+
+QUICK_MODELS = ("lenet5", "resnet_small", "mobilenetv2_small")
+QUICK_MODES = ("int8", "int8+skip", "drq", "sdp")
+CALIB_IMAGES = 256
+console = Console(width=150)
+
+
+def _fp32_accuracy(model: Path, x: np.ndarray, y: np.ndarray) -> float:
+    logits = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    return float((logits.argmax(1) == y).mean())
+
+
+def quick(images: int = 1000, board: str = "pynq-z2") -> dict[str, Any]:
+    """Bundled MNIST models: fp32 vs emulated accuracy and cycles in every mode (default policies)."""
+    from dataclasses import replace
+
+    from dynq.zoo import bundled_model
+    from dynq.zoo.data import load_mnist
+
+    x_train, _ = load_mnist("train")
+    x_test, y_test = load_mnist("test")
+    x_test, y_test = x_test[:images], y_test[:images]
+    calib = x_train[:CALIB_IMAGES]
+    rows: list[dict[str, Any]] = []
+    with Progress(console=console, transient=True) as progress, tempfile.TemporaryDirectory() as tmp:
+        task = progress.add_task("bench --quick", total=len(QUICK_MODELS) * len(QUICK_MODES))
+        for name in QUICK_MODELS:
+            onnx_path = bundled_model(name)
+            fp32 = _fp32_accuracy(onnx_path, x_test, y_test)
+            dynq.compile(onnx_path, board, Path(tmp) / name, calib=calib)
+            model = dynq.load(Path(tmp) / name)
+            base_cycles = None
+            for mode in QUICK_MODES:
+                progress.update(task, description=f"{name} {mode}")
+                preset = model.build.preset(mode.split("+")[0])
+                if mode == "int8+skip":
+                    preset = [replace(r, zero_skip=True) for r in preset]
+                result = model.run(x_test, registers=preset)
+                acc = float((result.output.argmax(1) == y_test).mean())
+                cycles = result.report.total_cycles / len(x_test)
+                base_cycles = base_cycles or cycles
+                dyn = [lr for lr in result.report.layers if lr.mode in ("drq", "sdp")]
+                rows.append({
+                    "model": name, "mode": mode, "fp32_accuracy": fp32, "accuracy": acc,
+                    "cycles_per_image": cycles, "speedup_vs_int8": base_cycles / cycles,
+                    "energy_uj_per_image": result.report.energy_uj / len(x_test),
+                    "stall_share": sum(lr.stall_cycles for lr in result.report.layers) / max(
+                        1, sum(lr.compute_cycles for lr in result.report.layers)),
+                    "sensitive_share": _mean([lr.sensitive_share for lr in dyn]),
+                    "kept_share": _mean([lr.kept_share for lr in dyn]),
+                })
+                progress.advance(task)
+    table = Table(title=f"dynq bench --quick: {images} MNIST test images, {board}, default policies")
+    for col in ("model", "mode", "fp32 top-1", "top-1", "cycles/img", "speed-up", "energy uJ/img", "stall",
+                "sensitive", "kept parts"):
+        table.add_column(col, justify="right" if col not in ("model", "mode") else "left")
+    for r in rows:
+        table.add_row(r["model"], r["mode"], f"{r['fp32_accuracy']:.3f}", f"{r['accuracy']:.3f}",
+                      f"{r['cycles_per_image']:.0f}", f"{r['speedup_vs_int8']:.2f}x",
+                      f"{r['energy_uj_per_image']:.2f}", f"{r['stall_share']:.0%}", _pct(r["sensitive_share"]),
+                      _pct(r["kept_share"]))
+    console.print(table)
+    return {"suite": "quick", "board": board, "images": images, "rows": rows}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def speed(board: str = "pynq-z2", repeats: int = 10) -> dict[str, Any]:
+    """Emulator wall time for ResNet-18 (224x224, random weights, calibrated) in int8 against
+    onnxruntime's int8 QDQ model (uint8 activations, int8 weights) and fp32, plus ResNet-50 compile time."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from dynq.zoo.resnet_imagenet import export
+
+    rng = np.random.default_rng(0)
+    calib = rng.random((8, 3, 224, 224), dtype=np.float32)
+    x = rng.random((1, 3, 224, 224), dtype=np.float32)
+    results: dict[str, Any] = {"suite": "speed", "board": board}
+    with tempfile.TemporaryDirectory() as tmp, Progress(console=console, transient=True) as progress:
+        task = progress.add_task("exporting ResNet-18/50", total=6)
+        r18 = export("resnet18", Path(tmp) / "resnet18.onnx")
+        r50 = export("resnet50", Path(tmp) / "resnet50.onnx")
+        progress.update(task, advance=1, description="compiling ResNet-50")
+        results["compile_resnet50_s"] = dynq.compile(r50, board, Path(tmp) / "b50", calib=calib[:2]).seconds
+        progress.update(task, advance=1, description="compiling ResNet-18")
+        results["compile_resnet18_s"] = dynq.compile(r18, board, Path(tmp) / "b18", calib=calib).seconds
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.items, None)
+
+        progress.update(task, advance=1, description="quantizing ResNet-18 with onnxruntime")
+        qdq = Path(tmp) / "resnet18_qdq.onnx"
+        quantize_static(str(r18), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        sessions = {name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                    for name, p in (("onnxruntime fp32", r18), ("onnxruntime int8 QDQ", qdq))}
+        model = dynq.load(Path(tmp) / "b18")
+        runners = {name: (lambda s=s: s.run(None, {"input": x})) for name, s in sessions.items()}
+        runners["dynq emulator int8"] = lambda: model.run(x, mode="int8")
+        progress.update(task, advance=1, description="timing")
+        times = {}
+        for name, fn in runners.items():
+            fn()
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - start)
+            times[name] = float(np.median(samples)) * 1e3
+        progress.update(task, advance=2)
+    ref = times["onnxruntime int8 QDQ"]
+    table = Table(title=f"dynq bench --suite speed: ResNet-18 1x3x224x224, median of {repeats}, this machine")
+    table.add_column("runner")
+    table.add_column("ms", justify="right")
+    table.add_column("x onnxruntime int8", justify="right")
+    for name, ms in times.items():
+        table.add_row(name, f"{ms:.1f}", f"{ms / ref:.2f}")
+    console.print(table)
+    console.print(f"compile: ResNet-18 {results['compile_resnet18_s']:.2f} s, "
+                  f"ResNet-50 {results['compile_resnet50_s']:.2f} s")
+    results["ms"] = times
+    results["emulator_vs_ort_int8"] = times["dynq emulator int8"] / ref
+    return results
