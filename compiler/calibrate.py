@@ -28,6 +28,10 @@ def collect(model: onnx.ModelProto, tensors: list[str], data: np.ndarray, method
     if method not in METHODS:
         raise CompileError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # run calibration in batches
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
     known = {o.name for o in model.graph.output}
     for t in tensors:
         if t not in known:
@@ -35,7 +39,10 @@ def collect(model: onnx.ModelProto, tensors: list[str], data: np.ndarray, method
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise CompileError(f"onnxruntime cannot run the model for calibration: {str(exc).splitlines()[0]}") from exc
     input_name = session.get_inputs()[0].name
     maxima: dict[str, list[float]] = {t: [] for t in tensors}
     minima: dict[str, float] = dict.fromkeys(tensors, np.inf)

@@ -109,9 +109,6 @@ def import_model(model: onnx.ModelProto, source: str) -> Graph:
     if not OPSET_MIN <= opset <= OPSET_MAX:
         raise CompileError(f"{source}: opset {opset} is not supported (use opset {OPSET_MIN}..{OPSET_MAX}, "
                            "e.g. torch.onnx.export(..., opset_version=17))")
-    for other in model.opset_import:
-        if other.domain not in ("", "ai.onnx"):
-            raise CompileError(f"{source}: custom operator domain {other.domain!r} is not supported")
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in consts]
     if len(inputs) != 1:
@@ -131,7 +128,8 @@ def import_model(model: onnx.ModelProto, source: str) -> Graph:
     nodes = []
     for i, n in enumerate(inferred.graph.node):
         if n.domain not in ("", "ai.onnx"):
-            raise CompileError(f"{source}: node {n.name or n.op_type} uses custom domain {n.domain!r}")
+            raise CompileError(f"{source}: node {n.name or n.op_type} uses operator {n.op_type} of the custom "
+                               f"domain {n.domain!r}, which neither the overlay nor the host runtime has")
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         nodes.append(Node(n.op_type, list(n.input), list(n.output), attrs, n.name or f"{n.op_type}_{i}"))
     for n in nodes:

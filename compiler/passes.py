@@ -52,9 +52,16 @@ def strip_qdq(g: Graph) -> QuantInfo:
             raise CompileError(f"{q.name}: activation zero point {int(zp.reshape(-1)[0])} is not 0; "
                                "quantize with ActivationSymmetric=True")
         signed = zp.dtype == np.int8
-        act[q.inputs[0]] = (scale, signed)
-        g.rename(dq.outputs[0], q.inputs[0])
         g.nodes.remove(dq)
+        if dq.outputs[0] in g.outputs:  # keep the graph output's name: its producer writes it directly
+            producer = g.producer(q.inputs[0])
+            if producer is not None:
+                producer.outputs = [dq.outputs[0] if t == q.inputs[0] else t for t in producer.outputs]
+            g.rename(q.inputs[0], dq.outputs[0])
+            act[dq.outputs[0]] = (scale, signed)
+        else:
+            g.rename(dq.outputs[0], q.inputs[0])
+            act[q.inputs[0]] = (scale, signed)
         if not g.consumers(q.outputs[0]):
             g.nodes.remove(q)
     return QuantInfo(act, weights)

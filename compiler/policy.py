@@ -30,7 +30,7 @@ MODES = ("int8", "drq", "sdp", "daq")
 DEFAULTS: dict[str, Any] = {
     "sensitive_ratio": 0.1,
     "region": [4, 4],
-    "insensitive": "lo",
+    "insensitive": "hi",
     "g": 8,
     "k": 8,
     "zero_skip": True,
