@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from dynq.compiler import calibrate, passes, policy
-from dynq.compiler.graph import CompileError, Graph, Node, import_model, load
-from dynq.compiler.lower import DEVICE_OPS, HostPartition, Lowered, Lowerer
 
 import dynq
 from dynq import boards
+from dynq.compiler import calibrate, passes, policy
+from dynq.compiler.graph import CompileError, Graph, Node, import_model, load
+from dynq.compiler.lower import DEVICE_OPS, HostPartition, Lowered, Lowerer
 from dynq.contract import CONTRACT_VERSION
 from dynq.contract.artifacts import (
     FORMAT_VERSION,

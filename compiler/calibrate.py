@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+
 from dynq.compiler.graph import CompileError
 
 METHODS = ("minmax", "percentile")

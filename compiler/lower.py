@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from dynq.boards import Arch
 from dynq.compiler.graph import CompileError, Graph, Node
 from dynq.compiler.passes import QuantInfo
-
 from dynq.contract import MAX_LAYERS, Op, encode
 from dynq.contract.isa import EncodeError
 from dynq.contract.numerics import ACC_BITS, accumulator_bound, quantize_multiplier

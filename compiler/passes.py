@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from dynq.compiler.graph import CompileError, Graph, Node
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
+
+from dynq.compiler.graph import CompileError, Graph, Node
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import tomllib
 import torch
-from dynq.compiler.graph import CompileError
 
+from dynq.compiler.graph import CompileError
 from dynq.contract import Mode, PrecisionRegs
 from dynq.contract.numerics import region_sums
 

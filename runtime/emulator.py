@@ -2,8 +2,7 @@
 
 It never looks at the ONNX model; it decodes instructions and reads the weight image. Tensors are
 batched (the overlay runs one image per start; the batch here is only vectorization) and held as float
-tensors of exact integers. Convolutions use the float32 oneDNN path only where a bound proves every
-partial sum stays below 2**24 (then float32 is exact); otherwise they run in float64, exact below 2**53.
+tensors of exact integers; convolutions go through `ExactConv`, which proves exactness per call.
 """
 
 from __future__ import annotations
@@ -13,14 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dynq.runtime.artifacts import Build
 
 from dynq.contract import ErrorCode, Instr, Mode, Op, PrecisionRegs, timing
 from dynq.contract import numerics as nx
 from dynq.errors import DynqError
-
-EXACT_F32 = float(1 << 24)
-SAFETY = 1.001  # covers float32 rounding of the bound computations themselves
+from dynq.runtime.artifacts import Build
+from dynq.runtime.exactconv import ExactConv
 
 
 class DeviceError(DynqError, RuntimeError):
@@ -33,12 +30,9 @@ class DeviceError(DynqError, RuntimeError):
 
 @dataclass
 class _ConvConsts:
-    weight: torch.Tensor  # float32 [cout, cin/groups, kh, kw]
-    weight64: torch.Tensor
-    bias: torch.Tensor  # float64 [1, cout, 1, 1]
+    conv: ExactConv
     scale: torch.Tensor  # float64 [1, cout, 1, 1], exactly mult * 2**-shift
-    abs_sum_max: float
-    l2_max: float
+    offset: torch.Tensor  # float64 [1, cout, 1, 1], bias * scale + 0.5: exact, so one multiply-add
 
 
 class Arena:
@@ -122,13 +116,10 @@ class Emulator:
         count = ins.cout * cin_g * ins.kh * ins.kw
         w = self._weight_bytes(ins.src1, count, pc, np.int8).reshape(ins.cout, cin_g, ins.kh, ins.kw)
         params = self._weight_bytes(ins.param, 3 * ins.cout * 4, pc, np.uint8).view("<i4").reshape(3, ins.cout)
-        w64 = torch.from_numpy(w.astype(np.float64))
         scale = nx.scale_of(torch.from_numpy(params[1].astype(np.int64)), torch.from_numpy(params[2].astype(np.int64)))
-        flat = w64.reshape(ins.cout, -1)
         consts = _ConvConsts(
-            weight=w64.to(torch.float32).contiguous(memory_format=torch.channels_last), weight64=w64,
-            bias=torch.from_numpy(params[0].astype(np.float64)).view(1, -1, 1, 1), scale=scale.view(1, -1, 1, 1),
-            abs_sum_max=float(flat.abs().sum(1).max()), l2_max=float(flat.square().sum(1).sqrt().max()))
+            conv=ExactConv(w, ins.groups, (ins.sh, ins.sw), (ins.dh, ins.dw)), scale=scale.view(1, -1, 1, 1),
+            offset=(torch.from_numpy(params[0].astype(np.float64)) * scale + 0.5).view(1, -1, 1, 1))
         self._consts[pc] = consts
         return consts
 
@@ -147,9 +138,17 @@ class Emulator:
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
         reg = regs[ins.layer]
         xq, steps, stats, units = apply_precision(x, reg, bool(ins.s0_signed), ins.groups, mask, pc)
-        acc = exact_conv(xq, consts, ins)
-        y = nx.requantize_fast(acc.add_(consts.bias) if acc.dtype == torch.float64 else
-                               acc.to(torch.float64).add_(consts.bias), consts.scale, ins.clip_lo, ins.clip_hi)
+        if ins.pt == ins.pb and ins.pl == ins.pr:
+            padding = (ins.pt, ins.pl)
+        else:
+            xq, padding = F.pad(xq, (ins.pl, ins.pr, ins.pt, ins.pb)), (0, 0)
+        acc = consts.conv(xq, padding).to(torch.float64)
+        if tuple(acc.shape[1:]) != (ins.cout, ins.oh, ins.ow):
+            raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, f"conv output {list(acc.shape[1:])} differs from "
+                                                             f"the instruction's {[ins.cout, ins.oh, ins.ow]}")
+        # requant(acc + bias) = floor(acc * scale + (bias * scale + 0.5)): every step is exact in float64,
+        # and in-place steps keep the channels-last layout the next convolution wants
+        y = acc.mul_(consts.scale).add_(consts.offset).floor_().clamp_(ins.clip_lo, ins.clip_hi).float()
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
         geom = timing.ConvGeometry(units, ins.groups, ins.cout // ins.groups, ins.oh, ins.ow, ins.kh, ins.kw,
                                    ins.sh, ins.sw, ins.dh, ins.dw, ins.pt, ins.pl, ins.pb, ins.pr)
@@ -163,7 +162,11 @@ class Emulator:
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
         pad = (ins.pl, ins.pr, ins.pt, ins.pb)
         if ins.aux == 0:
-            y = F.max_pool2d(F.pad(x, pad, value=-1e9), (ins.kh, ins.kw), (ins.sh, ins.sw))
+            symmetric = ins.pt == ins.pb and ins.pl == ins.pr and 2 * max(ins.pt, ins.pl) <= min(ins.kh, ins.kw)
+            if symmetric:  # torch pads max pooling with -inf itself
+                y = F.max_pool2d(x, (ins.kh, ins.kw), (ins.sh, ins.sw), (ins.pt, ins.pl))
+            else:
+                y = F.max_pool2d(F.pad(x, pad, value=-1e9), (ins.kh, ins.kw), (ins.sh, ins.sw))
             y = y.clamp_(ins.clip_lo, ins.clip_hi)
         else:
             s = F.avg_pool2d(F.pad(x, pad), (ins.kh, ins.kw), (ins.sh, ins.sw), divisor_override=1)
@@ -176,18 +179,16 @@ class Emulator:
     def _add(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
              mask: torch.Tensor | None) -> dict[str, int]:
         shape = (ins.cin, ins.ih, ins.iw)
-        a = arena.read(ins.src0, shape, bool(ins.s0_signed), pc).to(torch.float64)
-        b = arena.read(ins.src1, shape, bool(ins.s1_signed), pc).to(torch.float64)
-        acc = a.mul_(ins.mult0).add_(b.mul_(ins.mult1))
-        y = nx.requantize_fast(acc, nx.scale_of(torch.tensor(1), torch.tensor(ins.shift0)), ins.clip_lo, ins.clip_hi)
+        a = arena.read(ins.src0, shape, bool(ins.s0_signed), pc)
+        b = arena.read(ins.src1, shape, bool(ins.s1_signed), pc)
+        y = _rescale_sum(a, ins.mult0, bool(ins.s0_signed), b, ins.mult1, bool(ins.s1_signed), ins)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
         return {"busy_cycles": a.shape[0] * timing.eltwise_cycles(a[0].numel(), self.rows)}
 
     def _move(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
               mask: torch.Tensor | None) -> dict[str, int]:
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
-        y = nx.requantize_fast(x, nx.scale_of(torch.tensor(ins.mult0), torch.tensor(ins.shift0)),
-                               ins.clip_lo, ins.clip_hi)
+        y = _rescale_sum(x, ins.mult0, bool(ins.s0_signed), None, 0, False, ins)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
         return {"busy_cycles": x.shape[0] * timing.eltwise_cycles(x[0].numel(), self.rows)}
 
@@ -198,29 +199,19 @@ class Emulator:
                                                              f"{[ins.cout, ins.oh, ins.ow]}")
 
 
-def exact_conv(x: torch.Tensor, c: _ConvConsts, ins: Instr) -> torch.Tensor:
-    """The exact integer convolution (no bias), float32 where provably exact, else float64."""
-    x = F.pad(x, (ins.pl, ins.pr, ins.pt, ins.pb))
-    args = ((ins.sh, ins.sw), 0, (ins.dh, ins.dw), ins.groups)
-    if _f32_exact(x, c, ins):
-        out = F.conv2d(x.contiguous(memory_format=torch.channels_last), c.weight, None, *args)
-    else:
-        out = F.conv2d(x.to(torch.float64), c.weight64, None, *args)
-    if tuple(out.shape[2:]) != (ins.oh, ins.ow):
-        raise DeviceError(ErrorCode.BUFFER_OVERFLOW, -1, f"conv output {list(out.shape[2:])} != "
-                                                         f"{[ins.oh, ins.ow]} from the instruction")
-    return out
+def _rescale_sum(a: torch.Tensor, m0: int, a_signed: bool, b: torch.Tensor | None, m1: int, b_signed: bool,
+                 ins: Instr) -> torch.Tensor:
+    """requant(a*m0 + b*m1, 1, shift0), clamped: in float32 when |a*m0| + |b*m1| < 2**23 makes every step
+    exact (products, the power-of-two scaling and the +0.5), else in float64."""
+    def peak(signed: bool) -> int:
+        return 128 if signed else 255
 
-
-def _f32_exact(x: torch.Tensor, c: _ConvConsts, ins: Instr) -> bool:
-    """Proves every partial sum of the conv is below 2**24: by max|x|*sum|w|, else by Cauchy-Schwarz."""
-    xmax = float(x.abs().max()) if x.numel() else 0.0
-    if xmax * c.abs_sum_max * SAFETY < EXACT_F32:
-        return True
-    energy = x.square().sum(dim=1, keepdim=True)
-    window = torch.ones((1, 1, ins.kh, ins.kw), dtype=x.dtype)
-    local = F.conv2d(energy, window, None, (ins.sh, ins.sw), 0, (ins.dh, ins.dw))
-    return float(local.max()) ** 0.5 * c.l2_max * SAFETY**2 < EXACT_F32
+    bound = peak(a_signed) * abs(m0) + (peak(b_signed) * abs(m1) if b is not None else 0)
+    dtype = torch.float32 if bound < (1 << 23) else torch.float64
+    acc = a.to(dtype).mul(m0)
+    if b is not None:
+        acc.add_(b.to(dtype), alpha=m1)
+    return acc.mul_(2.0 ** -ins.shift0).add_(0.5).floor_().clamp_(ins.clip_lo, ins.clip_hi).float()
 
 
 def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: int, mask: torch.Tensor | None,

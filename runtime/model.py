@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from dynq.runtime.artifacts import Build, open_build
-from dynq.runtime.emulator import Arena, Emulator
-from dynq.runtime.energy import layer_energy_uj
 
 from dynq.contract import MASK_GRID, Mode, PrecisionRegs
 from dynq.contract.artifacts import ArtifactError
 from dynq.errors import DynqError
+from dynq.runtime.artifacts import Build, open_build
+from dynq.runtime.emulator import Arena, Emulator
+from dynq.runtime.energy import layer_energy_uj
 
 
 class InputError(DynqError, ValueError):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from dynq.runtime.artifacts import Build
 
 from dynq.contract import Mode, Op, PrecisionRegs
 from dynq.contract import numerics as nx
+from dynq.runtime.artifacts import Build
 
 
 def requant(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+import dynq
 from dynq.zoo import bundled_model
 from dynq.zoo.data import load_mnist
 from dynq.zoo.qdq import make_qdq
-
-import dynq
 
 MODELS = ["lenet5", "resnet_small", "mobilenetv2_small"]
 

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from dynq.zoo import bundled_model, bundled_samples
 from dynq.zoo.data import load_mnist, load_mnist_uint8
 from dynq.zoo.models import MODELS

@@ -27,7 +27,9 @@ class _ArrayReader(CalibrationDataReader):
     """Feeds a calibration array to onnxruntime's calibrator in batches of `CALIB_BATCH`."""
 
     def __init__(self, input_name: str, calib: np.ndarray) -> None:
-        self._batches: Iterator[np.ndarray] = iter(np.array_split(calib, -(-len(calib) // CALIB_BATCH)))
+        self._batches: Iterator[np.ndarray] = (
+            calib[start : start + CALIB_BATCH] for start in range(0, len(calib), CALIB_BATCH)
+        )
         self._input_name = input_name
 
     def get_next(self) -> dict[str, np.ndarray] | None:

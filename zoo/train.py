@@ -1,8 +1,8 @@
 """Train the zoo models on MNIST and export them as the bundled fp32 ONNX files.
 
-Training is short and CPU-only (a couple of minutes per model on two cores) and seeded, so anyone can
-regenerate `zoo/models/` and get the same networks on the same machine; the onnxruntime accuracy is
-recorded next to each model so tests can tell a stale or hand-edited bundle from a fresh one.
+Training is short and CPU-only (at most about a minute per model on two idle cores) and seeded, so
+anyone can regenerate `zoo/models/` and get the same networks on the same machine; the onnxruntime
+accuracy is recorded next to each model so tests can tell a stale or hand-edited bundle from a fresh one.
 
 Usage: `python -m dynq.zoo.train [--models NAME ...] [--epochs N] [--seed S]`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,8 @@ from .data import load_mnist, write_test_samples
 from .models import MODELS
 
 EPOCHS: dict[str, int] = {"lenet5": 20, "resnet_small": 10, "mobilenetv2_small": 8}
-"""Default epochs per model: the fewest that clear 97% test accuracy with some margin."""
+"""Default epochs per model: enough to clear 97% test accuracy by about a point, few enough to stay well
+inside a two-minute, two-core training budget."""
 
 BATCH_SIZE = 64
 LEARNING_RATE = 5e-3
@@ -38,9 +40,11 @@ THREADS = 2
 
 @contextlib.contextmanager
 def _deterministic(seed: int) -> Iterator[None]:
-    """Seed torch and force deterministic kernels on `THREADS` threads, restoring the global state after.
+    """Seed torch and ask for deterministic kernels on `THREADS` threads; restore the global state after.
 
     The thread count is pinned because it changes the reduction order, hence the trained weights.
+    `warn_only` makes an op without a deterministic kernel a warning rather than an abort: every op the
+    zoo uses has one on CPU, so in practice training is bit-reproducible on a given machine.
     """
     saved = (
         torch.get_num_threads(),
@@ -64,7 +68,7 @@ def train(name: str, epochs: int, seed: int = 0) -> nn.Module:
     target without tuning a per-model learning rate.
     """
     images, labels = (torch.from_numpy(a) for a in load_mnist("train"))
-    steps_per_epoch = -(-len(images) // BATCH_SIZE)
+    steps_per_epoch = math.ceil(len(images) / BATCH_SIZE)
     with _deterministic(seed):
         model = MODELS[name]()
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -86,7 +90,7 @@ def export_onnx(model: nn.Module, path: Path, opset: int = 17) -> Path:
     """Export `model` (eval mode) to a single self-contained ONNX file with a dynamic batch axis.
 
     The TorchScript exporter (`dynamo=False`) is used because it folds BatchNorm into the Conv weights
-    and emits a flat graph of standard operators, which is what the dynq compiler consumes; its
+    and emits a flat graph of plain ONNX operators, which is what the dynq compiler consumes; its
     deprecation warning is silenced since choosing it is deliberate.
     """
     model.eval()
