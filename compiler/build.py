@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
+import torch
 
 import dynq
 from dynq import boards
@@ -172,26 +172,31 @@ def _host_partition(g: Graph, low: Lowerer, nodes: list[Node], ranges: dict, sou
 
 
 def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, Any]) -> dict[str, list[dict]]:
+    """Register values per mode; DRQ thresholds and SDP K are calibrated on the layer's quantized input."""
     presets: dict[str, list[dict]] = {}
     for preset in policy.MODES:
         regs = []
         for layer in lowered.layers:
             s = policy.settings_for(layer.name, layer.dynamic, preset, pol)
-            threshold = int(s.get("threshold", 0))
-            if s["mode"] == "drq" and "threshold" not in s and layer.kind == "conv":
-                threshold = _threshold(lowered, layer.input, samples, s)
-            regs.append(policy.to_registers(s, threshold).to_words())
+            sample = _quantized_sample(lowered, layer.input, samples) if layer.kind == "conv" else None
+            threshold = int(s.get("threshold") or 0)
+            k = int(s.get("k") or 2 * int(s["g"]))
+            if sample is not None and s["mode"] == "drq":
+                threshold = policy.drq_threshold(sample, s, lowered.tensors[layer.input].signed)
+            if sample is not None and s["mode"] == "sdp":
+                k = policy.sdp_k(sample, s, layer.groups)
+            regs.append(policy.to_registers(s, threshold, k).to_words())
         presets[preset] = regs
     return presets
 
 
-def _threshold(lowered: Lowered, tensor: str, samples: dict[str, np.ndarray], s: dict[str, Any]) -> int:
+def _quantized_sample(lowered: Lowered, tensor: str, samples: dict[str, np.ndarray]) -> torch.Tensor | None:
+    """The calibration sample of a layer input on the device's integer grid."""
     if tensor not in samples:
-        return 0
+        return None
     t = lowered.tensors[tensor]
     q = np.clip(np.rint(samples[tensor] / t.scale), t.lo, t.hi).reshape(-1, *t.shape)
-    region = s["region"] if isinstance(s["region"], list) else [s["region"]] * 2
-    return policy.threshold_for_ratio(q, region, float(s["sensitive_ratio"]))
+    return torch.from_numpy(q.astype(np.float64))
 
 
 def _write(out_dir: Path, g: Graph, lowered: Lowered, presets: dict[str, list[dict]], spec: boards.Board,
@@ -252,7 +257,3 @@ def _write(out_dir: Path, g: Graph, lowered: Lowered, presets: dict[str, list[di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def onnx_ops(model_path: Path) -> list[str]:
-    return sorted({n.op_type for n in onnx.load(str(model_path)).graph.node})

@@ -56,6 +56,7 @@ class LayerInfo:
     nodes: list[str]
     instr: int = -1
     dynamic: bool = False  # eligible for dynamic precision under the default policy
+    groups: int = 1
     input: str = ""
     output: str = ""
 
@@ -211,7 +212,7 @@ class Lowerer:
         dynamic = node.op == "Conv" and self.seen_conv
         self.seen_conv = self.seen_conv or node.op == "Conv"
         layer = self._layer(node, "gemm" if node.op == "Gemm" else "conv", dynamic)
-        layer.input, layer.output = x.name, out.name
+        layer.input, layer.output, layer.groups = x.name, out.name, groups
         oh, ow = out.shape[1], out.shape[2]
         self._check_ibuf(node, xin, (oh, ow), k, strides, dil, cin_g)
         self._emit(Op.CONV, layer, s0_signed=int(x.signed), out_signed=int(out.signed), src0=x.offset,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from dynq.compiler.graph import CompileError, Graph, Node
@@ -188,7 +187,3 @@ def run_all(g: Graph) -> QuantInfo:
     matmul_to_gemm(g)
     fuse_activations(g)
     return quant
-
-
-def tensor_array(g: Graph, name: str) -> np.ndarray:
-    return numpy_helper.to_array(numpy_helper.from_array(g.consts[name]))

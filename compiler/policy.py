@@ -9,6 +9,10 @@ are shell patterns over layer names, applied in file order), then command-line `
 The `int8` preset is always the all-8-bit baseline; in the other presets a layer runs the preset's
 mode when it is eligible (every Conv but the first; Gemm/FC layers stay 8-bit) unless a "mode" key
 says otherwise.
+
+Calibration: unless a layer's `threshold` / `sensitive_ratio` (DRQ) or `k` (SDP) is given, the compiler
+picks, on the layer's quantized calibration input, the fewest sensitive regions (DRQ) or the smallest K
+(SDP) whose approximated input stays within `error_budget` relative L2 error of the exact input.
 """
 
 from __future__ import annotations
@@ -24,18 +28,24 @@ import torch
 
 from dynq.compiler.graph import CompileError
 from dynq.contract import Mode, PrecisionRegs
-from dynq.contract.numerics import region_sums
+from dynq.contract.numerics import expand_regions, insensitive, region_sums, sdp_keep
 
 MODES = ("int8", "drq", "sdp", "daq")
+MODE_BUDGETS = {"drq": 0.15, "sdp": 0.10}
+"""Default error budgets (relative L2 error of a layer's input) per mode, measured on the bundled MNIST
+models with `dynq bench --quick`: the largest that kept top-1 within a point of int8 for ResNet."""
 DEFAULTS: dict[str, Any] = {
-    "sensitive_ratio": 0.1,
+    "error_budget": None,
+    "sensitive_ratio": None,
     "region": [4, 4],
     "insensitive": "hi",
     "g": 8,
-    "k": 8,
+    "k": None,
     "zero_skip": True,
 }
-KEYS = {"mode", "sensitive_ratio", "threshold", "region", "insensitive", "g", "k", "zero_skip"}
+KEYS = {"mode", "error_budget", "sensitive_ratio", "threshold", "region", "insensitive", "g", "k", "zero_skip"}
+RATIO_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+"""Sensitive ratios tried, smallest first, when a DRQ threshold is calibrated to an error budget."""
 
 
 def load_policy(path: Path | None) -> dict[str, Any]:
@@ -103,26 +113,67 @@ def settings_for(name: str, dynamic: bool, preset: str, policy: dict[str, Any]) 
             s.update({k: v for k, v in entry.items() if k != "mode" or preset != "int8"})
     if preset == "int8":
         s["mode"], s["zero_skip"] = "int8", False
+    if s["error_budget"] is None:
+        s["error_budget"] = MODE_BUDGETS.get(s["mode"], 0.0)
     return s
 
 
-def threshold_for_ratio(sample: np.ndarray, region: list[int], ratio: float) -> int:
-    """DRQ threshold so that about `ratio` of the regions of the calibration sample are sensitive."""
-    sums = region_sums(torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float64)), *region).reshape(-1)
+def _relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
+    return float((x - approx).norm() / max(float(x.norm()), 1e-12))
+
+
+def drq_threshold(sample: torch.Tensor, s: dict[str, Any], signed: bool) -> int:
+    """The DRQ threshold: explicit, or for a target sensitive ratio, or else the highest threshold (fewest
+    sensitive regions) whose 4-bit regions keep the layer input's relative L2 error within the budget."""
+    if s.get("threshold") is not None:
+        return int(s["threshold"])
+    region = _region(s)
+    sums = region_sums(sample, *region)
+    flat = sums.reshape(-1).numpy()
+    if s.get("sensitive_ratio") is not None:
+        return _quantile_threshold(flat, float(s["sensitive_ratio"]))
+    low = insensitive(sample, signed, s["insensitive"] == "hi")
+    for ratio in RATIO_GRID:
+        threshold = _quantile_threshold(flat, ratio)
+        sensitive = expand_regions(sums >= threshold, *region, *sample.shape[2:])
+        if _relative_error(sample, torch.where(sensitive, sample, low)) <= float(s["error_budget"]):
+            return threshold
+    return 0
+
+
+def _quantile_threshold(sums: np.ndarray, ratio: float) -> int:
     if ratio <= 0:
         return int(sums.max()) + 1
     if ratio >= 1:
         return 0
-    return int(np.ceil(np.quantile(sums.numpy(), 1 - ratio)))
+    return int(np.ceil(np.quantile(sums, 1 - ratio)))
 
 
-def to_registers(s: dict[str, Any], threshold: int) -> PrecisionRegs:
-    region = list(s["region"]) if isinstance(s["region"], list | tuple) else [s["region"]] * 2
+def sdp_k(sample: torch.Tensor, s: dict[str, Any], groups: int) -> int:
+    """The SDP K: explicit, or else the smallest K whose kept parts keep the layer input's relative L2
+    error within the budget."""
+    if s.get("k") is not None:
+        return int(s["k"])
+    n, c, h, w = sample.shape
+    grouped = sample.reshape(n * groups, c // groups, h, w)
+    g = int(s["g"])
+    for k in range(1, 2 * g):
+        if _relative_error(grouped, sdp_keep(grouped, g, k)[0]) <= float(s["error_budget"]):
+            return k
+    return 2 * g
+
+
+def _region(s: dict[str, Any]) -> list[int]:
+    return list(s["region"]) if isinstance(s["region"], list | tuple) else [int(s["region"])] * 2
+
+
+def to_registers(s: dict[str, Any], threshold: int, k: int) -> PrecisionRegs:
+    region = _region(s)
     if s["insensitive"] not in ("lo", "hi"):
         raise CompileError(f"policy: insensitive must be 'lo' or 'hi', got {s['insensitive']!r}")
     regs = PrecisionRegs(mode=Mode[s["mode"].upper()], zero_skip=bool(s["zero_skip"]),
                          insens_hi=s["insensitive"] == "hi", threshold=int(threshold), rh=int(region[0]),
-                         rw=int(region[1]), g=int(s["g"]), k=int(s["k"]))
+                         rw=int(region[1]), g=int(s["g"]), k=int(k))
     try:
         regs.validate()
     except ValueError as exc:

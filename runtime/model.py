@@ -23,6 +23,9 @@ from dynq.runtime.artifacts import Build, open_build
 from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.energy import layer_energy_uj
 
+CHUNK = 64
+"""Images emulated at once; bounds memory (SDP and the lock-step model expand tensors several-fold)."""
+
 
 class InputError(DynqError, ValueError):
     """The input array does not match what the model was compiled for."""
@@ -124,6 +127,8 @@ class Model:
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise InputError(f"input has shape {list(x.shape)}, the model expects "
                              f"[N, {', '.join(map(str, expected))}]")
+        if x.shape[0] == 0:
+            raise InputError("the input batch is empty")
         if not np.all(np.isfinite(x)):
             raise InputError("input contains NaN or infinite values")
         return x
@@ -131,22 +136,30 @@ class Model:
     def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
             registers: list[PrecisionRegs] | None = None, trace: bool = False) -> Result:
         """Runs a batch on the emulator. `mode` picks a preset for this call only; `mask` is the
-        MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads."""
+        MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads; `trace` keeps every device tensor.
+        Large batches run in chunks of CHUNK images so memory stays bounded."""
         x = self.check_input(x)
         regs = registers or (self.build.preset(mode) if mode else self.registers)
         start = time.perf_counter()
         mask_t = None if mask is None else _mask_tensor(mask)
+        counters: dict[int, dict[str, int]] = {}
+        parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, trace) for i in range(0, len(x), CHUNK)]
+        outputs, raw, traced = ({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(3))
+        report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, "emulator")
+        return Result(outputs, raw, report, traced)
+
+    def _run_chunk(self, x: np.ndarray, regs: list[PrecisionRegs], mask: torch.Tensor | None,
+                   counters: dict[int, dict[str, int]], trace: bool) -> tuple[dict, dict, dict]:
         arena = self.emulator.new_arena(x.shape[0])
         floats: dict[str, np.ndarray] = {self.build.manifest["input"]["name"]: x}
         tensors = self.build.manifest["tensors"]
-        counters: dict[int, dict[str, int]] = {}
         inp = self.build.manifest["input"]
         if "offset" in inp:
             q = np.clip(np.rint(x / inp["scale"]), inp["lo"], inp["hi"]).astype(np.float32)
             arena.write(inp["offset"], torch.from_numpy(q), inp["signed"], -1)
         for step in self.build.manifest["schedule"]:
             if step["kind"] == "device":
-                self.emulator.run_segment(arena, step["first"], step["count"], regs, mask_t, counters)
+                self.emulator.run_segment(arena, step["first"], step["count"], regs, mask, counters)
             else:
                 self._run_host(step, arena, floats, tensors)
         outputs, raw = {}, {}
@@ -158,10 +171,9 @@ class Model:
                 outputs[out["name"]] = (raw[out["name"]] * np.float32(out["scale"])).astype(np.float32)
             else:
                 outputs[out["name"]] = floats[out["name"]]
-        report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, "emulator")
         traced = {name: arena.read(t["offset"], tuple(t["shape"]), t["signed"], -1).numpy().astype(np.int32)
                   for name, t in tensors.items()} if trace else {}
-        return Result(outputs, raw, report, traced)
+        return outputs, raw, traced
 
     def _run_host(self, step: dict[str, Any], arena: Arena, floats: dict[str, np.ndarray],
                   tensors: dict[str, Any]) -> None:
