@@ -70,11 +70,18 @@ class Arena:
         self._check(offset, size, pc)
         hit = self.cache.get(offset)
         if hit is not None and hit[0] == size and hit[1] == signed:
-            return hit[2].reshape(self.batch, *shape)
+            return _canonical(hit[2].reshape(self.batch, *shape))
         self._flush(offset, offset + size)
         raw = self.bytes[:, offset:offset + size]
         raw = raw.view(torch.int8) if signed else raw
         return raw.to(torch.float32).reshape(self.batch, *shape)
+
+
+def _canonical(t: torch.Tensor) -> torch.Tensor:
+    """A batch of one may carry any batch stride; torch's fast channels-last kernels want the usual one."""
+    if t.dim() == 4 and t.shape[0] == 1 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.as_strided(t.shape, (t[0].numel(), *t.stride()[1:]))
+    return t
 
 
 class Emulator:
@@ -238,7 +245,8 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
             stats.update(sensitive_regions=int(sensitive_regions.sum()), total_regions=sensitive_regions.numel())
         else:
             if mask is None:
-                raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask")
+                raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask: pass --mask FILE.npy "
+                                  "(16x16 of 0/1/2) or Model.run(..., mask=...)")
             level = nx.mask_cells(mask, h, w).to(torch.int16).expand(n, c, h, w)
             stats.update(sensitive_regions=int((level == 2).sum()), total_regions=values)
         low = nx.insensitive(x, signed, reg.insens_hi)

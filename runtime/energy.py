@@ -1,9 +1,9 @@
 """Energy estimate from per-operation costs, so modes can be compared on more than cycles.
 
 The table uses 45 nm figures from M. Horowitz, "Computing's energy problem", ISSCC 2014 (8-bit
-multiply 0.2 pJ, 32-bit add 0.1 pJ, 8 KB SRAM read 10 pJ per 64 bits), scaled to the operations of
-the nibble-serial PE: a 4x8-bit multiply costs about a quarter of... rather, half of an 8x8 multiply
-(half the partial products). Absolute numbers are illustrative; ratios between modes are the point.
+multiply 0.2 pJ, 32-bit add 0.1 pJ, 8 KB SRAM read 10 pJ per 64 bits), mapped onto the nibble-serial
+PE: a 4x8-bit multiply is taken as half an 8x8 multiply (half the partial products). Absolute numbers
+are illustrative; the ratios between modes on the same array are the point.
 """
 
 from __future__ import annotations

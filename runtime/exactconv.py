@@ -34,10 +34,13 @@ class ExactConv:
         flat = self.w64.reshape(w.shape[0], -1)
         self.abs_sum_max = float(flat.abs().sum(1).max())
         self.l2_max = float(flat.square().sum(1).sqrt().max())
+        self.always_exact = 255 * self.abs_sum_max * SAFETY < EXACT_F32  # for any 8-bit input: no check
         self._chunked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-        """The exact accumulators (float32 or float64 tensor of integers) of conv(x, w)."""
+        """The exact accumulators (float32 or float64 tensor of integers) of conv(x, w), x 8-bit valued."""
+        if self.always_exact:
+            return self._conv(x, self.w32, padding, self.groups)
         lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
         if max(float(hi), -float(lo)) * self.abs_sum_max * SAFETY < EXACT_F32:
             return self._conv(x, self.w32, padding, self.groups)
