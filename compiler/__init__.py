@@ -1,1 +1,1 @@
-"""dynq.compiler."""
+"""The ONNX compiler: import, passes, calibration, lowering, precision policy, code generation."""

@@ -120,7 +120,7 @@ def _lower(g: Graph, low: Lowerer, ranges: dict, source: str) -> list[Placement]
     host: list[Node] = []
     x = g.inputs[0]
     if any(not _op_reason(g, n) for n in g.consumers(x)):
-        low._new_tensor(x, nonneg=x in ranges and ranges[x].nonneg)
+        low.new_tensor(x, nonneg=x in ranges and ranges[x].nonneg)
     handlers = {"Conv": low.conv, "Gemm": low.conv, "MaxPool": low.pool, "AveragePool": low.pool,
                 "GlobalAveragePool": low.pool, "Add": low.add, "Relu": low.clamp, "Clip": low.clamp,
                 "Concat": low.concat, "Flatten": low.flatten, "Reshape": low.flatten}
@@ -168,7 +168,7 @@ def _host_partition(g: Graph, low: Lowerer, nodes: list[Node], ranges: dict, sou
         if t in later:
             if t not in ranges:
                 raise CompileError(f"{source}: no calibration range for host output {t!r}; pass --calib")
-            low._new_tensor(t, nonneg=ranges[t].nonneg)
+            low.new_tensor(t, nonneg=ranges[t].nonneg)
 
 
 def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, Any]) -> dict[str, list[dict]]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from dynq.boards import Arch
 from dynq.compiler.graph import CompileError, Graph, Node
-from dynq.compiler.passes import QuantInfo
+from dynq.compiler.passes import QuantInfo, clip_bounds
 from dynq.contract import MAX_LAYERS, Op, encode
 from dynq.contract.isa import EncodeError
 from dynq.contract.numerics import ACC_BITS, accumulator_bound, quantize_multiplier
@@ -100,7 +100,7 @@ class Lowerer:
         raise CompileError(f"{self.source}: tensor {name!r} has shape {list(s)}; the overlay handles "
                            "[1, C, H, W] and [1, F]")
 
-    def _new_tensor(self, name: str, nonneg: bool = False, clip: tuple[float, float] | None = None,
+    def new_tensor(self, name: str, nonneg: bool = False, clip: tuple[float, float] | None = None,
                     like: QTensor | None = None, alias: bool = False) -> QTensor:
         """A device tensor; `like` copies another's scale and range, `alias` also its arena bytes."""
         shape = self._shape(name)
@@ -195,7 +195,7 @@ class Lowerer:
             pads = self._pads(node, x.shape[1:], k, strides, dil)
             xin = x.shape
         clip = node.attr("clip")
-        out = self._new_tensor(node.outputs[0], nonneg=False, clip=clip)
+        out = self.new_tensor(node.outputs[0], nonneg=False, clip=clip)
         cout, cin_g = w.shape[0], w.shape[1]
         wq, sw = self._weights(node.inputs[1], w)
         if b is None:
@@ -274,9 +274,9 @@ class Lowerer:
                                    "count_include_pad=1 on the overlay")
         is_max = node.op == "MaxPool"
         if is_max:  # max pooling is exact: the output keeps the input's scale
-            out, (mult, shift) = self._new_tensor(node.outputs[0], like=x), (0, 0)
+            out, (mult, shift) = self.new_tensor(node.outputs[0], like=x), (0, 0)
         else:
-            out = self._new_tensor(node.outputs[0], nonneg=not x.signed)
+            out = self.new_tensor(node.outputs[0], nonneg=not x.signed)
             mult, shift = quantize_multiplier(x.scale / (out.scale * k[0] * k[1]))
         layer = self._layer(node, "pool")
         layer.input, layer.output = x.name, out.name
@@ -290,7 +290,7 @@ class Lowerer:
         if a.shape != b.shape:
             raise CompileError(f"{self.source}: {node.name}: broadcasting Add is not an overlay op")
         clip = node.attr("clip")
-        out = self._new_tensor(node.outputs[0], nonneg=False, clip=clip)
+        out = self.new_tensor(node.outputs[0], nonneg=False, clip=clip)
         (m0, m1), shift = self._pair_multipliers(a.scale / out.scale, b.scale / out.scale)
         lo, hi = self._clip_q(out, clip)
         layer = self._layer(node, "add")
@@ -317,18 +317,16 @@ class Lowerer:
                    mult0=mult, shift0=shift)
 
     def clamp(self, node: Node) -> None:
-        from dynq.compiler.passes import clip_bounds
-
         x = self._input(node.inputs[0], node)
         clip = clip_bounds(self.g, node)
-        out = self._new_tensor(node.outputs[0], nonneg=False, clip=clip)
+        out = self.new_tensor(node.outputs[0], nonneg=False, clip=clip)
         self.move(node, x, out, out.offset, clip)
 
     def concat(self, node: Node) -> None:
         if node.attr("axis") not in (1, -3):
             raise CompileError(f"{self.source}: {node.name}: only channel Concat (axis=1) runs on the overlay")
         srcs = [self._input(t, node) for t in node.inputs]
-        out = self._new_tensor(node.outputs[0], nonneg=all(not s.signed for s in srcs))
+        out = self.new_tensor(node.outputs[0], nonneg=all(not s.signed for s in srcs))
         offset = out.offset
         for s in srcs:
             self.move(node, s, out, offset, None)
@@ -339,7 +337,7 @@ class Lowerer:
         if int(np.prod(self.g.shapes[node.outputs[0]])) != x.nbytes or self._shape(node.outputs[0])[1:] != (1, 1) \
                 and self._shape(node.outputs[0]) != x.shape:
             raise CompileError(f"{self.source}: {node.name}: only flattening reshapes run on the overlay")
-        self._new_tensor(node.outputs[0], like=x, alias=True)
+        self.new_tensor(node.outputs[0], like=x, alias=True)
 
     def end_segment(self) -> None:
         if self.segments and isinstance(self.segments[-1], list):

@@ -1,1 +1,1 @@
-"""dynq.hdl."""
+"""The MyHDL sources of the DRQ/SDP overlay (in progress; see the project issues)."""

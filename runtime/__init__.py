@@ -1,1 +1,1 @@
-"""dynq.runtime."""
+"""Running builds: artifact verification, the bit-exact emulator, the Python API."""
