@@ -151,7 +151,7 @@ def _geom(**kw: int) -> timing.ConvGeometry:
 def test_cycle_model_lockstep_hand_example() -> None:
     # 3 output pixels on 2 lanes: tiles (2, 1 | 0): slowest 2 + 0, stall 1, steps 3
     steps = torch.tensor([2, 1, 0]).view(1, 1, 1, 3)
-    c = timing.conv_counters(steps, 1, 1, _geom(ow=3), rows=2, cols=2, predictor_cycles=0)
+    c = timing.conv_counters(steps, 1, 1, _geom(ow=3), rows=2, cols=1, predictor_cycles=0)
     assert c["compute_cycles"] == 2 and c["stall_cycles"] == 1 and c["mac_steps"] == 3
     assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 2 * timing.PIPE_CYCLES + 3 + 2
 
@@ -163,6 +163,20 @@ def test_cycle_model_padding_and_taps() -> None:
     c = timing.conv_counters(steps, 1, 1, _geom(ow=2, kw=3, pl=1, pr=1), rows=2, cols=2, predictor_cycles=5)
     assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (5, 2, 8)
     assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 5 + timing.PIPE_CYCLES + 2 + 5
+
+
+def test_cycle_model_packs_narrow_groups_onto_columns() -> None:
+    # depthwise, 2 channels of [2, 1] and [0, 2] on 2 lanes x 2 columns: one pack of both channels,
+    # slowest 2, fastest 0 -> stall 2; the same on 3 columns; on 1 column two packs: 2 + 2, stall 1 + 2
+    steps = torch.tensor([2, 1, 0, 2]).view(1, 2, 1, 2)
+    g = _geom(groups=2, ow=2)
+    c = timing.conv_counters(steps, 1, 1, g, rows=2, cols=2, predictor_cycles=0)
+    assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (2, 2, 5)
+    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + timing.PIPE_CYCLES + 2 + 2
+    assert timing.conv_counters(steps, 1, 1, g, rows=2, cols=3, predictor_cycles=0) == c
+    one = timing.conv_counters(steps, 1, 1, g, rows=2, cols=1, predictor_cycles=0)
+    assert (one["compute_cycles"], one["stall_cycles"]) == (4, 3)
+    assert one["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 2 * (timing.PIPE_CYCLES + 2) + 4
 
 
 def test_cycle_model_reduction_split_and_column_tiles() -> None:

@@ -8,6 +8,9 @@ spends `n` steps on a unit (its term parts to multiply); lanes are lock-stepped 
 array spends `max(n)` cycles and a lane with fewer steps stalls. Afterwards the active lanes drain
 their outputs through the requantizer, one lane per cycle, behind a pipeline of PIPE_CYCLES.
 
+A group with fewer output channels than half the columns (depthwise convolutions, a 6-channel first
+layer) would leave columns idle, so several work items share the columns, lock-stepped together.
+
 A layer with a single output pixel (a Gemm, or a 1x1 conv on a 1x1 map) would leave all lanes but
 one idle, so it is mapped the other way: the lanes split the reduction (lane r takes units r, r+rows,
 ...), each accumulates a partial sum, and an adder tree joins the lanes in REDUCE_CYCLES at the end.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +63,21 @@ def conv_tiles(g: ConvGeometry, rows: int, cols: int) -> tuple[int, int]:
     return ceil_div(g.oh * g.ow, rows), ceil_div(g.cout_g, cols)
 
 
+def column_packing(g: ConvGeometry, cols: int) -> int:
+    """Work items side by side on the columns: a group with fewer output channels than half the columns
+    leaves room for more (depthwise: one channel per column block)."""
+    return max(1, cols // g.cout_g) if g.cout_g < cols else 1
+
+
+def _items_lanes(g: ConvGeometry, rows: int) -> np.ndarray:
+    """Active lanes of every work item, items ordered (row tile, group)."""
+    p = g.oh * g.ow
+    tiles = ceil_div(p, rows)
+    per_tile = np.full(tiles, rows)
+    per_tile[-1] = p - (tiles - 1) * rows
+    return np.repeat(per_tile, g.groups)
+
+
 def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: ConvGeometry, rows: int, cols: int,
                   predictor_cycles: int) -> dict[str, int]:
     """Counters of one CONV summed over a batch of `batch` images.
@@ -67,9 +86,12 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
     unit (0, 1 or 2 for one channel; 0..k for an SDP group), or None when every position costs
     `pad_steps`. Padding positions cost `pad_steps`. `predictor_cycles` are the cycles of the DRQ region
     predictor's pass over the input (0 otherwise).
+
+    Work items are (row tile, group) pairs; when a group has few output channels, `column_packing` of them
+    share the columns and run lock-stepped together (a pack). Each pack costs PIPE_CYCLES plus one drain
+    cycle per lane of its widest item.
     """
     row_tiles, col_tiles = conv_tiles(g, rows, cols)
-    p = g.oh * g.ow
     if reduction_split(g):
         overhead = col_tiles * g.groups * (PIPE_CYCLES + REDUCE_CYCLES + 1)
         units = g.groups * g.n_units
@@ -78,13 +100,17 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
             stall, lane_steps = 0, batch * units * pad_steps
         else:
             compute, stall, lane_steps = _split_lanes(steps.reshape(batch, g.groups, g.n_units), rows)
-    elif steps is None:  # uniform cost: no data-dependent work
-        overhead = row_tiles * col_tiles * g.groups * PIPE_CYCLES + col_tiles * g.groups * p
-        units = g.groups * g.n_units * g.kh * g.kw
-        compute, stall, lane_steps = batch * units * row_tiles * pad_steps, 0, batch * units * p * pad_steps
     else:
-        overhead = row_tiles * col_tiles * g.groups * PIPE_CYCLES + col_tiles * g.groups * p
-        compute, stall, lane_steps = _lockstep(steps, pad_steps, g, rows)
+        pack = column_packing(g, cols)
+        lanes = _items_lanes(g, rows)
+        packs = ceil_div(len(lanes), pack)
+        widest = np.pad(lanes, (0, packs * pack - len(lanes))).reshape(packs, pack).max(axis=1)
+        overhead = col_tiles * (packs * PIPE_CYCLES + int(widest.sum()))
+        if steps is None:  # uniform cost: no data-dependent work
+            compute = batch * packs * g.kh * g.kw * g.n_units * pad_steps
+            stall, lane_steps = 0, batch * g.groups * g.n_units * g.kh * g.kw * g.oh * g.ow * pad_steps
+        else:
+            compute, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, pack)
     return {
         "busy_cycles": batch * (LAYER_SETUP_CYCLES + predictor_cycles + overhead) + col_tiles * compute,
         "compute_cycles": col_tiles * compute,
@@ -108,22 +134,25 @@ def _split_lanes(steps: torch.Tensor, rows: int) -> tuple[int, int, int]:
     return int(slowest.sum()), int((slowest - fastest).sum()), int(steps.sum())
 
 
-def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int) -> tuple[int, int, int]:
-    """Sum over tiles, taps and units of the slowest lane, of (slowest - fastest), and of all steps."""
-    n, units = steps.shape[:2]
+def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int, pack: int) -> tuple[int, int, int]:
+    """Sum over packs, taps and units of the slowest lane, of (slowest - fastest), and of all lane steps."""
+    n = steps.shape[0]
     padded = F.pad(steps.to(torch.int16), (g.pl, g.pr, g.pt, g.pb), value=pad_steps)
     p = g.oh * g.ow
     tiles = ceil_div(p, rows)
+    items = tiles * g.groups
+    packs = ceil_div(items, pack)
     compute = stall = total = 0
     for a in range(g.kh):
         for b in range(g.kw):
             y0, x0 = a * g.dh, b * g.dw
             tap = padded[:, :, y0:y0 + g.sh * (g.oh - 1) + 1:g.sh, x0:x0 + g.sw * (g.ow - 1) + 1:g.sw]
-            flat = tap.reshape(n, units, p)
+            flat = tap.reshape(n, g.groups, g.n_units, p)
             total += int(flat.sum())
-            if tiles * rows != p:
-                flat = F.pad(flat, (0, tiles * rows - p), value=-1)
-            lanes = flat.view(n, units, tiles, rows)
+            flat = F.pad(flat, (0, tiles * rows - p), value=-1).view(n, g.groups, g.n_units, tiles, rows)
+            work = flat.permute(0, 3, 1, 2, 4).reshape(n, items, g.n_units, rows)  # items ordered (tile, group)
+            work = F.pad(work, (0, 0, 0, 0, 0, packs * pack - items), value=-1)
+            lanes = work.view(n, packs, pack, g.n_units, rows).transpose(2, 3).reshape(n, packs, g.n_units, -1)
             slowest = lanes.max(dim=-1).values
             fastest = torch.where(lanes < 0, torch.full_like(lanes, 1 << 14), lanes).min(dim=-1).values
             compute += int(slowest.sum())
