@@ -30,6 +30,7 @@ from dynq.contract.artifacts import (
     pack,
     sha256,
 )
+from dynq.contract.numerics import quantize
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def _quantized_sample(lowered: Lowered, tensor: str, samples: dict[str, np.ndarr
     if tensor not in samples:
         return None
     t = lowered.tensors[tensor]
-    q = np.clip(np.rint(samples[tensor] / t.scale), t.lo, t.hi).reshape(-1, *t.shape)
+    q = quantize(samples[tensor], t.scale, t.lo, t.hi).reshape(-1, *t.shape)
     return torch.from_numpy(q.astype(np.float64))
 
 

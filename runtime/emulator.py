@@ -210,10 +210,7 @@ def _rescale_sum(a: torch.Tensor, m0: int, a_signed: bool, b: torch.Tensor | Non
                  ins: Instr) -> torch.Tensor:
     """requant(a*m0 + b*m1, 1, shift0), clamped: in float32 when |a*m0| + |b*m1| < 2**23 makes every step
     exact (products, the power-of-two scaling and the +0.5), else in float64."""
-    def peak(signed: bool) -> int:
-        return 128 if signed else 255
-
-    bound = peak(a_signed) * abs(m0) + (peak(b_signed) * abs(m1) if b is not None else 0)
+    bound = nx.peak(a_signed) * abs(m0) + (nx.peak(b_signed) * abs(m1) if b is not None else 0)
     dtype = torch.float32 if bound < (1 << 23) else torch.float64
     acc = a.to(dtype).mul(m0)
     if b is not None:

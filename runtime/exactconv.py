@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dynq.contract.numerics import peak, split_parts
+
 EXACT_F32 = float(1 << 24)
 SAFETY = 1.001  # covers the float32 rounding of the bound computations themselves
 PART_MAX = 15  # largest |term part| of an 8-bit value
@@ -34,7 +36,7 @@ class ExactConv:
         flat = self.w64.reshape(w.shape[0], -1)
         self.abs_sum_max = float(flat.abs().sum(1).max())
         self.l2_max = float(flat.square().sum(1).sqrt().max())
-        self.always_exact = 255 * self.abs_sum_max * SAFETY < EXACT_F32  # for any 8-bit input: no check
+        self.always_exact = peak(False) * self.abs_sum_max * SAFETY < EXACT_F32  # any 8-bit input: no check
         self._chunked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
@@ -57,8 +59,7 @@ class ExactConv:
                 out = self._conv(x, weight, padding, n)
                 return out.double().view(x.shape[0], n, -1, *out.shape[2:]).sum(dim=1)
         if PART_MAX * self.abs_sum_max < EXACT_F32:
-            high = torch.floor(x / 16)
-            low = x - 16 * high
+            high, low = split_parts(x)
             return self._conv(high, self.w32, padding, self.groups).double().mul_(16).add_(
                 self._conv(low, self.w32, padding, self.groups))
         return F.conv2d(x.double(), self.w64, None, self.stride, padding, self.dilation, self.groups)

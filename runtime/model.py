@@ -18,6 +18,7 @@ import torch
 
 from dynq.contract import MASK_GRID, Mode, PrecisionRegs
 from dynq.contract.artifacts import ArtifactError
+from dynq.contract.numerics import quantize
 from dynq.errors import DynqError
 from dynq.runtime.artifacts import Build, open_build
 from dynq.runtime.emulator import Arena, Emulator
@@ -155,7 +156,7 @@ class Model:
         tensors = self.build.manifest["tensors"]
         inp = self.build.manifest["input"]
         if "offset" in inp:
-            q = np.clip(np.rint(x / inp["scale"]), inp["lo"], inp["hi"]).astype(np.float32)
+            q = quantize(x, inp["scale"], inp["lo"], inp["hi"])
             arena.write(inp["offset"], torch.from_numpy(q), inp["signed"], -1)
         for step in self.build.manifest["schedule"]:
             if step["kind"] == "device":
@@ -197,7 +198,7 @@ class Model:
             floats[name] = value
             if name in tensors:
                 t = tensors[name]
-                q = np.clip(np.rint(value / t["scale"]), t["lo"], t["hi"]).astype(np.float32)
+                q = quantize(value, t["scale"], t["lo"], t["hi"])
                 arena.write(t["offset"], torch.from_numpy(q.reshape(q.shape[0], *t["shape"])), t["signed"], -1)
 
     def _report(self, counters: dict[int, dict[str, int]], regs: list[PrecisionRegs], batch: int,

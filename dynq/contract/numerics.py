@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from dynq.contract.registers import MASK_GRID, Mode, PrecisionRegs
@@ -67,6 +68,17 @@ def scale_of(mult: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def value_range(signed: bool) -> tuple[int, int]:
     return (-128, 127) if signed else (0, 255)
+
+
+def peak(signed: bool) -> int:
+    """Largest |x| of an 8-bit tensor."""
+    return 128 if signed else 255
+
+
+def quantize(x: np.ndarray, scale: float, lo: int, hi: int) -> np.ndarray:
+    """Host-side quantization of float values onto a tensor's integer grid (round half to even, the
+    rule of onnxruntime's QuantizeLinear, so QDQ models agree), as float32 integers."""
+    return np.clip(np.rint(x / scale), lo, hi).astype(np.float32)
 
 
 def split_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +154,7 @@ def sdp_keep(x: torch.Tensor, g: int, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 def accumulator_bound(k: int, w_absmax: int, signed_input: bool) -> int:
     """Largest |sum| a conv with reduction size k can reach before bias (the int32 proof)."""
-    return k * (128 if signed_input else 255) * w_absmax
+    return k * peak(signed_input) * w_absmax
 
 
 def pad_cost(regs: PrecisionRegs) -> int:
