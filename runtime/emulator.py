@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from dynq.contract import ErrorCode, Instr, Mode, Op, PrecisionRegs, timing
 from dynq.contract import numerics as nx
 from dynq.errors import DynqError
+from dynq.runtime import laconic
 from dynq.runtime.artifacts import Build
 from dynq.runtime.exactconv import ExactConv
 
@@ -31,6 +32,7 @@ class DeviceError(DynqError, RuntimeError):
 @dataclass
 class _ConvConsts:
     conv: ExactConv
+    weights: np.ndarray  # int8 [cout, cin/groups, kh, kw]
     scale: torch.Tensor  # float64 [1, cout, 1, 1], exactly mult * 2**-shift
     offset: torch.Tensor  # float64 [1, cout, 1, 1], bias * scale + 0.5: exact, so one multiply-add
 
@@ -92,6 +94,8 @@ class Emulator:
         self.rows = int(build.manifest["arch"]["rows"])
         self.cols = int(build.manifest["arch"]["cols"])
         self._consts: dict[int, _ConvConsts] = {}
+        self.model_laconic = False
+        """Also report `laconic_cycles`: the same layers on a Laconic term-serial array (a comparison)."""
 
     def new_arena(self, batch: int) -> Arena:
         return Arena(batch, int(self.build.manifest["arena_bytes"]))
@@ -125,7 +129,7 @@ class Emulator:
         params = self._weight_bytes(ins.param, 3 * ins.cout * 4, pc, np.uint8).view("<i4").reshape(3, ins.cout)
         scale = nx.scale_of(torch.from_numpy(params[1].astype(np.int64)), torch.from_numpy(params[2].astype(np.int64)))
         consts = _ConvConsts(
-            conv=ExactConv(w, ins.groups, (ins.sh, ins.sw), (ins.dh, ins.dw)), scale=scale.view(1, -1, 1, 1),
+            conv=ExactConv(w, ins.groups, (ins.sh, ins.sw), (ins.dh, ins.dw)), weights=w, scale=scale.view(1, -1, 1, 1),
             offset=(torch.from_numpy(params[0].astype(np.float64)) * scale + 0.5).view(1, -1, 1, 1))
         self._consts[pc] = consts
         return consts
@@ -161,6 +165,9 @@ class Emulator:
                                    ins.sh, ins.sw, ins.dh, ins.dw, ins.pt, ins.pl, ins.pb, ins.pr)
         predictor = timing.predictor_cycles(ins.cin * ins.ih * ins.iw, self.rows) if reg.mode == Mode.DRQ else 0
         counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, self.rows, self.cols, predictor)
+        if self.model_laconic:
+            term_serial = laconic.conv_cycles(x, consts.weights, geom, self.rows, self.cols)
+            counters["laconic_cycles"] = counters["busy_cycles"] - counters["compute_cycles"] + term_serial
         return {**counters, **stats}
 
     # ---- POOL / ADD / MOVE -------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class LayerReport:
     sensitive_share: float | None = None
     kept_share: float | None = None
     energy_uj: float = 0.0
+    laconic_cycles: int | None = None
+    """With `Model.run(..., laconic=True)`: the layer on a Laconic term-serial array (comparison only)."""
 
 
 @dataclass
@@ -135,15 +137,17 @@ class Model:
         return x
 
     def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
-            registers: list[PrecisionRegs] | None = None, trace: bool = False) -> Result:
+            registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False) -> Result:
         """Runs a batch on the emulator. `mode` picks a preset for this call only; `mask` is the
-        MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads; `trace` keeps every device tensor.
+        MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads; `trace` keeps every device tensor;
+        `laconic` adds the Laconic term-serial comparison column to the report.
         Large batches run in chunks of CHUNK images so memory stays bounded."""
         x = self.check_input(x)
         regs = registers or (self.build.preset(mode) if mode else self.registers)
         start = time.perf_counter()
         mask_t = None if mask is None else _mask_tensor(mask)
         counters: dict[int, dict[str, int]] = {}
+        self.emulator.model_laconic = laconic
         parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, trace) for i in range(0, len(x), CHUNK)]
         outputs, raw, traced = ({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(3))
         report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, "emulator")
@@ -216,7 +220,9 @@ class Model:
                 utilization=c.get("mac_steps", 0) / (rows * cols * busy) if busy else 0.0,
                 sensitive_share=(c["sensitive_regions"] / c["total_regions"]) if c.get("total_regions") else None,
                 kept_share=(c["kept_parts"] / c["total_parts"]) if c.get("total_parts") else None,
-                energy_uj=layer_energy_uj(c, rows, cols)))
+                energy_uj=layer_energy_uj(c, rows, cols),
+                laconic_cycles=c.get("laconic_cycles", busy) if any("laconic_cycles" in v for v in counters.values())
+                else None))
         return Report(self.build.board, backend, self.mode, batch, sum(lr.cycles for lr in layers), layers,
                       sum(lr.energy_uj for lr in layers), seconds)
 

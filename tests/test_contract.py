@@ -196,3 +196,19 @@ def test_uniform_cost_equals_explicit_steps() -> None:
 
 def test_generated_docs_are_current() -> None:
     assert sync(ROOT, check=True) == [], "docs are stale: run `dynq docs`"
+
+
+def test_laconic_term_counts_and_cycles_hand_examples() -> None:
+    from dynq.runtime import laconic
+
+    # canonical signed digits: 3 = 4 - 1, 5 = 4 + 1, 7 = 8 - 1, 85 = 64 + 16 + 4 + 1, 255 = 256 - 1
+    values = torch.tensor([0, 1, 3, 5, 7, 85, 255, -7, -128])
+    assert laconic.terms(values).tolist() == [0, 1, 2, 2, 2, 4, 2, 2, 1]
+    # 1x1 conv, lanes see (3, 0): slowest activation 2 terms x weight 5 (2 terms) -> 4 cycles
+    x = torch.tensor([3.0, 0.0]).view(1, 1, 1, 2)
+    w = np.array([5], dtype=np.int8).reshape(1, 1, 1, 1)
+    assert laconic.conv_cycles(x, w, _geom(ow=2), rows=2, cols=1) == 4
+    # Gemm over 3 inputs on 2 lanes: products of terms (1*2, 2*1, 0*1) -> lanes (2, 2), (0) -> 2 + max(1, 0)
+    x = torch.tensor([1.0, 7.0, 0.0]).view(1, 3, 1, 1)
+    w = np.array([3, 1, 2], dtype=np.int8).reshape(1, 3, 1, 1)
+    assert laconic.conv_cycles(x, w, _geom(n_units=3), rows=2, cols=1) == 3
