@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from dynq.contract.artifacts import (
     WEIGHTS_FILE,
     WEIGHTS_MAGIC,
     pack,
+    seal_manifest,
     sha256,
 )
 from dynq.contract.numerics import quantize
@@ -243,7 +243,7 @@ def _write(out_dir: Path, g: Graph, lowered: Lowered, presets: dict[str, list[di
         "schedule": schedule,
         "placements": [p.__dict__ for p in placements],
     }
-    files[MANIFEST_FILE] = json.dumps(manifest, indent=1).encode()
+    files[MANIFEST_FILE] = seal_manifest(manifest)
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

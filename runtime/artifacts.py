@@ -18,6 +18,7 @@ from dynq.contract.artifacts import (
     WEIGHTS_FILE,
     WEIGHTS_MAGIC,
     ArtifactError,
+    manifest_intact,
     sha256,
     unpack,
 )
@@ -69,6 +70,8 @@ def open_build(path: Path, board: str | None = None) -> Build:
         fp = int(manifest["fingerprint"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc}); recompile") from exc
+    if not manifest_intact(manifest):
+        raise ArtifactError(f"{manifest_path}: checksum mismatch, the manifest was corrupted or edited; recompile")
     if manifest.get("format") != FORMAT_VERSION or manifest.get("contract") != CONTRACT_VERSION:
         raise ArtifactError(f"{path}: built with format {manifest.get('format')} / contract "
                             f"{manifest.get('contract')}, this dynq needs {FORMAT_VERSION} / {CONTRACT_VERSION}; "

@@ -106,6 +106,16 @@ def test_any_flipped_byte_is_an_integrity_error(build: Path, tmp_path: Path, nam
     dynq.load(copy)
 
 
+def test_edited_manifest_is_refused(build: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(build, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["outputs"][0]["scale"] *= 2
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(dynq.contract.artifacts.ArtifactError, match="manifest"):
+        dynq.load(copy)
+
+
 def test_flipped_byte_through_cli(build: Path, tmp_path: Path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(build, copy)

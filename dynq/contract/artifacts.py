@@ -70,6 +70,22 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def seal_manifest(manifest: dict[str, Any]) -> bytes:
+    """The manifest as written: JSON with a `checksum` over its own canonical form, so an edited or
+    corrupted manifest (a scale, an offset) is refused like a corrupted binary."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return json.dumps({**body, "checksum": sha256(_canonical(body))}, indent=1).encode()
+
+
+def manifest_intact(manifest: dict[str, Any]) -> bool:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return manifest.get("checksum") == sha256(_canonical(body))
+
+
+def _canonical(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
