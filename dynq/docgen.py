@@ -87,7 +87,8 @@ def isa_markdown() -> str:
         f"`{artifacts.PROGRAM_FILE}` and `{artifacts.WEIGHTS_FILE}` start with a {artifacts.HEADER.size}-byte header "
         "(little-endian): 8-byte magic (`DYNQPRG\\0` / `DYNQWGT\\0`), u16 format version "
         f"({artifacts.FORMAT_VERSION}), u16 header size, u32 architecture fingerprint, u64 body size, u32 CRC-32 "
-        f"of the body, 4 reserved bytes. `{artifacts.MANIFEST_FILE}` carries a SHA-256 `checksum` of its own canonical JSON and records the SHA-256 of every file, the "
+        f"of the body, 4 reserved bytes. `{artifacts.MANIFEST_FILE}` carries a SHA-256 `checksum` of its own "
+        "canonical JSON and records the SHA-256 of every file, the "
         "fingerprint, tensors (arena offset, scale, range), layers, register presets per mode and the schedule "
         "of device segments and host partitions. The fingerprint is the CRC-32 of the board's `[arch]` table and "
         "the contract version.",
