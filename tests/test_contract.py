@@ -188,6 +188,12 @@ def test_cycle_model_reduction_split_and_column_tiles() -> None:
     assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + overhead + 8
 
 
+def test_predictor_and_elementwise_cycles() -> None:
+    assert timing.predictor_cycles(1000, rows=4, cols=8) == 32  # 31.25 rounded up
+    assert timing.eltwise_cycles(33, rows=16) == timing.LAYER_SETUP_CYCLES + 3 + timing.PIPE_CYCLES
+    assert timing.pool_cycles(2, 3, 3, 2, 2, rows=16) == timing.LAYER_SETUP_CYCLES + 2 * 4 + timing.PIPE_CYCLES
+
+
 def test_uniform_cost_equals_explicit_steps() -> None:
     g = _geom(n_units=3, cout_g=5, oh=5, ow=7, kh=3, kw=3, pt=1, pl=1, pb=1, pr=1)
     explicit = timing.conv_counters(torch.full((2, 3, 5, 7), 2), 2, 2, g, rows=4, cols=4, predictor_cycles=0)

@@ -170,6 +170,7 @@ def eltwise_cycles(elements: int, rows: int) -> int:
     return LAYER_SETUP_CYCLES + ceil_div(elements, rows) + PIPE_CYCLES
 
 
-def predictor_cycles(values: int, rows: int) -> int:
-    """DRQ region predictor: one pass over the layer's input, `rows` values per cycle."""
-    return ceil_div(values, rows)
+def predictor_cycles(values: int, rows: int, cols: int) -> int:
+    """DRQ region predictor: one pass over the layer's input before the layer, `rows * cols` values per cycle
+    (the input path that feeds every PE its own value when narrow groups are packed)."""
+    return ceil_div(values, rows * cols)
