@@ -163,7 +163,8 @@ class Emulator:
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
         geom = timing.ConvGeometry(units, ins.groups, ins.cout // ins.groups, ins.oh, ins.ow, ins.kh, ins.kw,
                                    ins.sh, ins.sw, ins.dh, ins.dw, ins.pt, ins.pl, ins.pb, ins.pr)
-        predictor = timing.predictor_cycles(ins.cin * ins.ih * ins.iw, self.rows, self.cols) if reg.mode == Mode.DRQ else 0
+        values = ins.cin * ins.ih * ins.iw
+        predictor = timing.predictor_cycles(values, self.rows, self.cols) if reg.mode == Mode.DRQ else 0
         counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, self.rows, self.cols, predictor)
         if self.model_laconic:
             term_serial = laconic.conv_cycles(x, consts.weights, geom, self.rows, self.cols)

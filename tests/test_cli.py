@@ -220,3 +220,26 @@ def test_policy_overrides_reach_registers(ops_model: Path, calib_file: Path, tmp
     assert all(r.mode.name == "INT8" for r in model.build.preset("int8"))
     bad = dynq_cli("compile", ops_model, "--calib", calib_file, "--set", "/pw/*:colour=red", "-o", tmp_path / "c")
     assert_one_line_error(bad, "colour")
+
+
+def test_daq_needs_a_mask_and_uses_it(build: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", images(2, SHAPE, seed=5))
+    args = ["run", build, "--input", tmp_path / "x.npy", "--mode", "daq", "--output", tmp_path / "y.npy"]
+    assert_one_line_error(dynq_cli(*args), "mask")
+    np.save(tmp_path / "bad.npy", np.full((4, 4), 2))
+    assert_one_line_error(dynq_cli(*args, "--mask", tmp_path / "bad.npy"), "16x16")
+    np.save(tmp_path / "full.npy", np.full((16, 16), 2))
+    assert dynq_cli(*args, "--mask", tmp_path / "full.npy").returncode == 0
+    int8 = dynq_cli("run", build, "--input", tmp_path / "x.npy", "--mode", "int8", "--output", tmp_path / "z.npy")
+    assert int8.returncode == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.load(tmp_path / "z.npy"))  # all 8-bit == int8
+
+
+def test_percentile_calibration(ops_model: Path, calib_file: Path, tmp_path: Path) -> None:
+    proc = dynq_cli("compile", ops_model, "--calib", calib_file, "--calib-method", "percentile", "-o", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    scales = {n: t["scale"] for n, t in dynq.load(tmp_path / "b").build.manifest["tensors"].items()}
+    dynq.compile(ops_model, "pynq-z2", tmp_path / "m", calib=np.load(calib_file))
+    reference = {n: t["scale"] for n, t in dynq.load(tmp_path / "m").build.manifest["tensors"].items()}
+    assert all(scales[n] <= reference[n] + 1e-12 for n in scales)  # a percentile never exceeds the max
+    assert any(scales[n] < reference[n] for n in scales)
