@@ -189,7 +189,8 @@ class Emulator:
                                    ins.clip_lo, ins.clip_hi)
         self._check_shape(y, ins, pc)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
-        return {"busy_cycles": x.shape[0] * timing.pool_cycles(ins.cin, ins.oh, ins.ow, ins.kh, ins.kw, self.rows)}
+        cycles = timing.pool_cycles(ins.cin, ins.oh, ins.ow, ins.kh, ins.kw, self.rows, self.cols, ins.aux == 1)
+        return {"busy_cycles": x.shape[0] * cycles}
 
     def _add(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
              mask: torch.Tensor | None) -> dict[str, int]:

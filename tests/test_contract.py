@@ -153,7 +153,8 @@ def test_cycle_model_lockstep_hand_example() -> None:
     steps = torch.tensor([2, 1, 0]).view(1, 1, 1, 3)
     c = timing.conv_counters(steps, 1, 1, _geom(ow=3), rows=2, cols=1, predictor_cycles=0)
     assert c["compute_cycles"] == 2 and c["stall_cycles"] == 1 and c["mac_steps"] == 3
-    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 2 * timing.PIPE_CYCLES + 3 + 2
+    # passes (compute + pipe, drain): (2 + PIPE, 2) then (0 + PIPE, 1); the first drain overlaps the second pass
+    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + (2 + timing.PIPE_CYCLES) + max(timing.PIPE_CYCLES, 2) + 1
 
 
 def test_cycle_model_padding_and_taps() -> None:
@@ -176,7 +177,7 @@ def test_cycle_model_packs_narrow_groups_onto_columns() -> None:
     assert timing.conv_counters(steps, 1, 1, g, rows=2, cols=3, predictor_cycles=0) == c
     one = timing.conv_counters(steps, 1, 1, g, rows=2, cols=1, predictor_cycles=0)
     assert (one["compute_cycles"], one["stall_cycles"]) == (4, 3)
-    assert one["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 2 * (timing.PIPE_CYCLES + 2) + 4
+    assert one["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 2 * (2 + timing.PIPE_CYCLES) + 2
 
 
 def test_cycle_model_reduction_split_and_column_tiles() -> None:
@@ -191,7 +192,11 @@ def test_cycle_model_reduction_split_and_column_tiles() -> None:
 def test_predictor_and_elementwise_cycles() -> None:
     assert timing.predictor_cycles(1000, rows=4, cols=8) == 32  # 31.25 rounded up
     assert timing.eltwise_cycles(33, rows=16) == timing.LAYER_SETUP_CYCLES + 3 + timing.PIPE_CYCLES
-    assert timing.pool_cycles(2, 3, 3, 2, 2, rows=16) == timing.LAYER_SETUP_CYCLES + 2 * 4 + timing.PIPE_CYCLES
+    # 18 outputs of 2x2 windows on 4x4 PEs: 2 rounds of 4 cycles; average adds 18/4 -> 5 requantize cycles
+    assert timing.pool_cycles(2, 3, 3, 2, 2, rows=4, cols=4, average=False) == (
+        timing.LAYER_SETUP_CYCLES + 2 * 4 + timing.PIPE_CYCLES)
+    assert timing.pool_cycles(2, 3, 3, 2, 2, rows=4, cols=4, average=True) == (
+        timing.LAYER_SETUP_CYCLES + 2 * 4 + 5 + timing.PIPE_CYCLES)
 
 
 def test_uniform_cost_equals_explicit_steps() -> None:

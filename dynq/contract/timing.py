@@ -6,7 +6,8 @@ onto the lanes of a *row tile* and output channels of one convolution group onto
 (kh, kw, input-channel unit); a unit is one channel, or one SDP group of `g` channels. Every lane
 spends `n` steps on a unit (its term parts to multiply); lanes are lock-stepped per unit, so the
 array spends `max(n)` cycles and a lane with fewer steps stalls. Afterwards the active lanes drain
-their outputs through the requantizer, one lane per cycle, behind a pipeline of PIPE_CYCLES.
+their outputs through the requantizer, one lane per cycle, behind a pipeline of PIPE_CYCLES; the PEs
+have two accumulator banks, so a drain overlaps the next pass's compute.
 
 A group with fewer output channels than half the columns (depthwise convolutions, a 6-channel first
 layer) would leave columns idle, so several work items share the columns, lock-stepped together.
@@ -88,8 +89,9 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
     predictor's pass over the input (0 otherwise).
 
     Work items are (row tile, group) pairs; when a group has few output channels, `column_packing` of them
-    share the columns and run lock-stepped together (a pack). Each pack costs PIPE_CYCLES plus one drain
-    cycle per lane of its widest item.
+    share the columns and run lock-stepped together (a pack). A pass (one pack on one column tile) computes,
+    then drains one cycle per lane of its widest item; with two accumulator banks a drain overlaps the next
+    pass's compute (`_pipelined`).
     """
     row_tiles, col_tiles = conv_tiles(g, rows, cols)
     if reduction_split(g):
@@ -100,23 +102,36 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
             stall, lane_steps = 0, batch * units * pad_steps
         else:
             compute, stall, lane_steps = _split_lanes(steps.reshape(batch, g.groups, g.n_units), rows)
+        busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles + overhead) + col_tiles * compute
     else:
         pack = column_packing(g, cols)
         lanes = _items_lanes(g, rows)
         packs = ceil_div(len(lanes), pack)
-        widest = np.pad(lanes, (0, packs * pack - len(lanes))).reshape(packs, pack).max(axis=1)
-        overhead = col_tiles * (packs * PIPE_CYCLES + int(widest.sum()))
-        if steps is None:  # uniform cost: no data-dependent work
-            compute = batch * packs * g.kh * g.kw * g.n_units * pad_steps
+        widest = torch.from_numpy(np.pad(lanes, (0, packs * pack - len(lanes))).reshape(packs, pack).max(axis=1))
+        if steps is None:  # uniform cost: no data-dependent work, the same for every image
+            per_pack = torch.full((1, packs), g.kh * g.kw * g.n_units * pad_steps, dtype=torch.int64)
             stall, lane_steps = 0, batch * g.groups * g.n_units * g.kh * g.kw * g.oh * g.ow * pad_steps
+            passes = batch * _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles))
+            compute = batch * int(per_pack.sum())
         else:
-            compute, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, pack)
+            per_pack, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, pack)
+            passes = _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles))
+            compute = int(per_pack.sum())
+        busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles) + passes
     return {
-        "busy_cycles": batch * (LAYER_SETUP_CYCLES + predictor_cycles + overhead) + col_tiles * compute,
+        "busy_cycles": busy,
         "compute_cycles": col_tiles * compute,
         "stall_cycles": col_tiles * stall,
         "mac_steps": g.cout_g * lane_steps,
     }
+
+
+def _pipelined(compute: torch.Tensor, drain: torch.Tensor) -> int:
+    """Cycles of passes whose drains overlap the next pass's compute (two accumulator banks): the first
+    compute, then each pass waits for the longer of its compute and the previous drain, then the last drain.
+    `compute` is [images, passes] (pipeline latency included), `drain` is [passes]."""
+    overlap = torch.maximum(compute[:, 1:], drain[:-1]).sum(dim=1)
+    return int((compute[:, 0] + overlap + drain[-1]).sum())
 
 
 def reduction_split(g: ConvGeometry) -> bool:
@@ -134,15 +149,18 @@ def _split_lanes(steps: torch.Tensor, rows: int) -> tuple[int, int, int]:
     return int(slowest.sum()), int((slowest - fastest).sum()), int(steps.sum())
 
 
-def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int, pack: int) -> tuple[int, int, int]:
-    """Sum over packs, taps and units of the slowest lane, of (slowest - fastest), and of all lane steps."""
+def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
+              pack: int) -> tuple[torch.Tensor, int, int]:
+    """Per image and pack, the sum over taps and units of the slowest lane ([images, packs]); the total of
+    (slowest - fastest); and the total of all lane steps."""
     n = steps.shape[0]
     padded = F.pad(steps.to(torch.int16), (g.pl, g.pr, g.pt, g.pb), value=pad_steps)
     p = g.oh * g.ow
     tiles = ceil_div(p, rows)
     items = tiles * g.groups
     packs = ceil_div(items, pack)
-    compute = stall = total = 0
+    per_pack = torch.zeros((n, packs), dtype=torch.int64)
+    stall = total = 0
     for a in range(g.kh):
         for b in range(g.kw):
             y0, x0 = a * g.dh, b * g.dw
@@ -155,14 +173,17 @@ def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int, p
             lanes = work.view(n, packs, pack, g.n_units, rows).transpose(2, 3).reshape(n, packs, g.n_units, -1)
             slowest = lanes.max(dim=-1).values
             fastest = torch.where(lanes < 0, torch.full_like(lanes, 1 << 14), lanes).min(dim=-1).values
-            compute += int(slowest.sum())
+            per_pack += slowest.sum(dim=2)
             stall += int((slowest - fastest).sum())
-    return compute, stall, total
+    return per_pack, stall, total
 
 
-def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, rows: int) -> int:
-    """POOL: the lanes compute `rows` outputs at a time, one window element per cycle."""
-    return LAYER_SETUP_CYCLES + ceil_div(channels * oh * ow, rows) * kh * kw + PIPE_CYCLES
+def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, rows: int, cols: int, average: bool) -> int:
+    """POOL: `rows * cols` outputs at a time (a comparator or adder per PE, fed by the full-width input path),
+    one window element per cycle; average pooling then requantizes `rows` outputs per cycle."""
+    outputs = channels * oh * ow
+    requant = ceil_div(outputs, rows) if average else 0
+    return LAYER_SETUP_CYCLES + ceil_div(outputs, rows * cols) * kh * kw + requant + PIPE_CYCLES
 
 
 def eltwise_cycles(elements: int, rows: int) -> int:
