@@ -22,6 +22,7 @@ The emulator computes these counters; the RTL's counters must equal them cycle f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -103,27 +104,39 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
         else:
             compute, stall, lane_steps = _split_lanes(steps.reshape(batch, g.groups, g.n_units), rows)
         busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles + overhead) + col_tiles * compute
+    elif steps is None:  # uniform cost: no data-dependent work, the same for every image
+        passes, compute = _uniform_passes(g, rows, cols, pad_steps)
+        stall, lane_steps = 0, batch * g.groups * g.n_units * g.kh * g.kw * g.oh * g.ow * pad_steps
+        busy, compute = batch * (LAYER_SETUP_CYCLES + predictor_cycles + passes), batch * compute
     else:
-        pack = column_packing(g, cols)
-        lanes = _items_lanes(g, rows)
-        packs = ceil_div(len(lanes), pack)
-        widest = torch.from_numpy(np.pad(lanes, (0, packs * pack - len(lanes))).reshape(packs, pack).max(axis=1))
-        if steps is None:  # uniform cost: no data-dependent work, the same for every image
-            per_pack = torch.full((1, packs), g.kh * g.kw * g.n_units * pad_steps, dtype=torch.int64)
-            stall, lane_steps = 0, batch * g.groups * g.n_units * g.kh * g.kw * g.oh * g.ow * pad_steps
-            passes = batch * _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles))
-            compute = batch * int(per_pack.sum())
-        else:
-            per_pack, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, pack)
-            passes = _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles))
-            compute = int(per_pack.sum())
-        busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles) + passes
+        pack, widest = _packs(g, rows, cols)
+        per_pack, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, pack)
+        passes = _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles))
+        busy, compute = batch * (LAYER_SETUP_CYCLES + predictor_cycles) + passes, int(per_pack.sum())
     return {
         "busy_cycles": busy,
         "compute_cycles": col_tiles * compute,
         "stall_cycles": col_tiles * stall,
         "mac_steps": g.cout_g * lane_steps,
     }
+
+
+@cache
+def _packs(g: ConvGeometry, rows: int, cols: int) -> tuple[int, torch.Tensor]:
+    """Work items per pack, and the drain cycles (widest item's lanes) of every pack."""
+    pack = column_packing(g, cols)
+    lanes = _items_lanes(g, rows)
+    packs = ceil_div(len(lanes), pack)
+    return pack, torch.from_numpy(np.pad(lanes, (0, packs * pack - len(lanes))).reshape(packs, pack).max(axis=1))
+
+
+@cache
+def _uniform_passes(g: ConvGeometry, rows: int, cols: int, pad_steps: int) -> tuple[int, int]:
+    """Pass cycles and compute cycles of one image when every position costs `pad_steps`."""
+    _, widest = _packs(g, rows, cols)
+    col_tiles = conv_tiles(g, rows, cols)[1]
+    per_pack = torch.full((1, len(widest)), g.kh * g.kw * g.n_units * pad_steps, dtype=torch.int64)
+    return _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles)), int(per_pack.sum())
 
 
 def _pipelined(compute: torch.Tensor, drain: torch.Tensor) -> int:
