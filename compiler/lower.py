@@ -8,7 +8,7 @@ non-negative), and per-channel (mult, shift) requantization from `dynq.contract.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from dynq.compiler.graph import CompileError, Graph, Node
 from dynq.compiler.passes import QuantInfo, clip_bounds
 from dynq.contract import MAX_LAYERS, Op, encode
 from dynq.contract.isa import EncodeError
-from dynq.contract.numerics import ACC_BITS, accumulator_bound, quantize_multiplier
+from dynq.contract.numerics import ACC_BITS, accumulator_bound, quantize_multiplier, value_range
 
 DEVICE_OPS = {"Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Relu", "Clip", "Concat",
               "Flatten", "Reshape"}
@@ -54,7 +54,6 @@ class LayerInfo:
     name: str
     kind: str  # conv, gemm, pool, add, move
     nodes: list[str]
-    instr: int = -1
     dynamic: bool = False  # eligible for dynamic precision under the default policy
     groups: int = 1
     input: str = ""
@@ -77,7 +76,6 @@ class Lowered:
     arena_bytes: int
     input: str
     outputs: list[str]
-    float_inputs: dict[str, str] = field(default_factory=dict)
 
 
 class Lowerer:
@@ -114,7 +112,7 @@ class Lowerer:
     def _scale(self, name: str, nonneg: bool, clip: tuple[float, float] | None) -> tuple[float, int, int]:
         if name in self.quant.act_scales:
             scale, signed = self.quant.act_scales[name]
-            lo, hi = (-128, 127) if signed else (0, 255)
+            lo, hi = value_range(signed)
             return scale, (0 if nonneg else lo), hi
         if name not in self.ranges:
             raise CompileError(f"{self.source}: no calibration range for tensor {name!r}")
@@ -123,7 +121,8 @@ class Lowerer:
         if clip is not None and math.isfinite(clip[1]):
             absmax = min(absmax, clip[1]) if clip[1] > 0 else absmax
         nonneg = nonneg or (clip is not None and clip[0] >= 0)
-        return (absmax / 255, 0, 255) if nonneg else (absmax / 127, -128, 127)
+        lo, hi = value_range(not nonneg)
+        return absmax / hi, lo, hi
 
     def _input(self, name: str, node: Node) -> QTensor:
         if name not in self.tensors:
