@@ -3,9 +3,10 @@
 Laconic decomposes activation and weight into signed power-of-two terms (canonical signed digits) and
 spends `max(1, t_a * t_w)` cycles on a product. This model puts such PEs on the overlay's array with the
 overlay's mapping (lanes = output pixels, columns = output channels, narrow groups packed, single-pixel
-layers split over the lanes) and synchronises all PEs of a pass per reduction element, so the cycles of
-an element are `max(1, max_lanes t_a * max_columns t_w)`. Results are exact by construction; only
-cycles are modelled, for `dynq bench`'s comparison column.
+layers split over the lanes). Each PE works through a group of GROUP reduction elements on its own, and
+all PEs of a pass synchronise at the end of every group, so a group costs the largest per-PE sum of
+`max(1, t_a * t_w)`. Results are exact by construction; only cycles are modelled, for the comparison
+column of reports and `dynq bench`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 
 from dynq.contract import timing
 from dynq.contract.timing import ConvGeometry, ceil_div
+
+GROUP = 8
+"""Reduction elements a PE processes between synchronisations (input channels at one kernel tap)."""
 
 
 def _csd_weight(v: int) -> int:
@@ -37,22 +41,31 @@ def terms(x: torch.Tensor) -> torch.Tensor:
     return TERMS[x.to(torch.int64) + 255]
 
 
+def _group_cost(ta: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:
+    """Sum over a group of max(1, t_a * t_w) for every (pixel, output channel) pair, per convolution group:
+    ta [n, groups, P, k], tw [groups, cout_g, k] -> [n, groups, P, cout_g], as sum(ta*tw) + #(ta*tw == 0)."""
+    products = ta @ tw.transpose(-1, -2)
+    nonzero = (ta > 0).float() @ (tw > 0).float().transpose(-1, -2)
+    return products + (ta.shape[-1] - nonzero)
+
+
 def conv_cycles(x: torch.Tensor, w: np.ndarray, g: ConvGeometry, rows: int, cols: int) -> int:
-    """Cycles of one convolution on the term-serial array, summed over the batch of x [N, C, H, W]."""
-    ta = terms(x)
-    tw = terms(torch.from_numpy(w.astype(np.int64)))  # [cout, cin_g, kh, kw]
+    """Compute cycles of one convolution on the term-serial array, summed over the batch of x [N, C, H, W]."""
     n = x.shape[0]
-    col_tiles = ceil_div(g.cout_g, cols)
     cin_g = w.shape[1]
-    # per (group, column tile, input channel, tap): the slowest weight of the tile's columns
-    tw = F.pad(tw.view(g.groups, g.cout_g, cin_g, g.kh * g.kw), (0, 0, 0, 0, 0, col_tiles * cols - g.cout_g))
-    tw_tiles = tw.view(g.groups, col_tiles, cols, cin_g, -1).amax(dim=2)
+    ta = terms(x).float()
+    tw = terms(torch.from_numpy(w.astype(np.int64))).float().view(g.groups, g.cout_g, cin_g, g.kh * g.kw)
+    col_tiles = ceil_div(g.cout_g, cols)
     if timing.reduction_split(g):
-        prod = ta.view(n, 1, g.groups * cin_g) * tw_tiles.view(g.groups, col_tiles, cin_g).transpose(0, 1).reshape(
-            1, col_tiles, -1)
-        chunks = ceil_div(prod.shape[-1], rows)
-        lanes = F.pad(prod, (0, chunks * rows - prod.shape[-1])).view(n, col_tiles, chunks, rows)
-        return int(lanes.amax(dim=-1).clamp(min=1).sum())
+        units = g.groups * cin_g
+        cost = torch.clamp(ta.view(n, 1, units) * tw.view(g.groups, g.cout_g, cin_g).transpose(0, 1).reshape(
+            g.cout_g, units), min=1)  # [n, cout, units]: lanes take units round-robin
+        chunks = ceil_div(units, rows)
+        lanes = F.pad(cost, (0, chunks * rows - units)).view(n, g.cout_g, chunks, rows)
+        per_lane = F.pad(lanes, (0, 0, 0, ceil_div(chunks, GROUP) * GROUP - chunks)).view(
+            n, g.cout_g, -1, GROUP, rows).sum(dim=3)
+        slowest = F.pad(per_lane.amax(dim=-1), (0, 0, 0, col_tiles * cols - g.cout_g)).view(n, col_tiles, cols, -1)
+        return int(slowest.amax(dim=2).sum())
     pack = timing.column_packing(g, cols)
     p = g.oh * g.ow
     tiles = ceil_div(p, rows)
@@ -63,10 +76,12 @@ def conv_cycles(x: torch.Tensor, w: np.ndarray, g: ConvGeometry, rows: int, cols
     for tap, (a, b) in enumerate((a, b) for a in range(g.kh) for b in range(g.kw)):
         y0, x0 = a * g.dh, b * g.dw
         sl = padded[:, :, y0:y0 + g.sh * (g.oh - 1) + 1:g.sh, x0:x0 + g.sw * (g.ow - 1) + 1:g.sw]
-        flat = F.pad(sl.reshape(n, g.groups, cin_g, p), (0, tiles * rows - p))
-        ta_items = flat.view(n, g.groups, cin_g, tiles, rows).amax(dim=-1).permute(0, 3, 1, 2).reshape(n, items, cin_g)
-        tw_items = tw_tiles[..., tap].repeat(tiles, 1, 1)  # [items, col_tiles, cin_g], items ordered (tile, group)
-        ta_pack = F.pad(ta_items, (0, 0, 0, packs * pack - items)).view(n, packs, pack, cin_g).amax(dim=2)
-        tw_pack = F.pad(tw_items, (0, 0, 0, 0, 0, packs * pack - items)).view(packs, pack, col_tiles, cin_g).amax(dim=1)
-        total += int((ta_pack.unsqueeze(2) * tw_pack.unsqueeze(0)).clamp(min=1).sum())
+        ta_tap = sl.reshape(n, g.groups, cin_g, p).transpose(2, 3)  # [n, groups, P, cin_g]
+        for start in range(0, cin_g, GROUP):
+            cost = _group_cost(ta_tap[..., start:start + GROUP], tw[:, :, start:start + GROUP, tap])
+            cost = F.pad(cost, (0, col_tiles * cols - g.cout_g, 0, tiles * rows - p))
+            per_tile = cost.view(n, g.groups, tiles, rows, col_tiles, cols).amax(dim=(3, 5))  # [n, groups, T, K]
+            work = per_tile.permute(0, 2, 1, 3).reshape(n, items, col_tiles)  # items ordered (tile, group)
+            work = F.pad(work, (0, 0, 0, packs * pack - items)).view(n, packs, pack, col_tiles)
+            total += int(work.amax(dim=2).sum())
     return total

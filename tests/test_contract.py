@@ -223,3 +223,8 @@ def test_laconic_term_counts_and_cycles_hand_examples() -> None:
     x = torch.tensor([1.0, 7.0, 0.0]).view(1, 3, 1, 1)
     w = np.array([3, 1, 2], dtype=np.int8).reshape(1, 3, 1, 1)
     assert laconic.conv_cycles(x, w, _geom(n_units=3), rows=2, cols=1) == 3
+    # PEs synchronise per group, not per element: lanes see channels (3, 0) and (0, 3) with unit weights,
+    # each lane sums max(1, 2*1) + max(1, 0) = 3, so the group costs 3 (per-element sync would cost 2 + 2)
+    x = torch.tensor([3.0, 0.0, 0.0, 3.0]).view(1, 2, 1, 2)
+    w = np.ones((1, 2, 1, 1), dtype=np.int8)
+    assert laconic.conv_cycles(x, w, _geom(ow=2), rows=2, cols=1) == 3
