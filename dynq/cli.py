@@ -102,15 +102,17 @@ def run_cmd(build_dir: Path, input_path: Path, backend: str, board: str | None, 
     """Run a compiled build on a batch of inputs."""
     import dynq
     from dynq.contract.artifacts import write_atomic
+    from dynq.errors import UsageError
 
+    for path in (output, report):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UsageError(f"{path}: the directory {path.resolve().parent} does not exist; create it first")
     model = dynq.load(build_dir, board=board, mode=mode)
     x = _load_array(input_path, "the input")
     result = model.run(x, mask=_load_array(mask, "the mask") if mask else None)
     name = next(iter(result.outputs))
     array = result.raw[name] if raw else result.outputs[name]
     if raw and name not in result.raw:
-        from dynq.errors import UsageError
-
         raise UsageError(f"output {name!r} is computed on the host; --raw applies to overlay outputs only")
     write_atomic(output, _npy_bytes(array))
     if report:

@@ -194,6 +194,12 @@ def test_bad_inputs_fail_cleanly(build: Path, tmp_path: Path, array: np.ndarray,
     assert not (tmp_path / "y.npy").exists()
 
 
+def test_output_into_missing_directory(build: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", images(1, SHAPE))
+    proc = dynq_cli("run", build, "--input", tmp_path / "x.npy", "--output", tmp_path / "nowhere" / "y.npy")
+    assert_one_line_error(proc, "does not exist")
+
+
 def test_calibration_of_wrong_shape(ops_model: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "c.npy", images(4, (1, 28, 28)))
     proc = dynq_cli("compile", ops_model, "--calib", tmp_path / "c.npy", "-o", tmp_path / "b")
