@@ -17,7 +17,7 @@ from dynq.compiler.graph import CompileError, Graph, Node
 from dynq.compiler.passes import QuantInfo, clip_bounds
 from dynq.contract import MAX_LAYERS, Op, encode
 from dynq.contract.isa import EncodeError
-from dynq.contract.numerics import ACC_BITS, accumulator_bound, quantize_multiplier, value_range
+from dynq.contract.numerics import ACC_BITS, WEIGHT_MAX, accumulator_bound, quantize_multiplier, value_range
 
 DEVICE_OPS = {"Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Relu", "Clip", "Concat",
               "Flatten", "Reshape"}
@@ -227,8 +227,8 @@ class Lowerer:
             if q is not None:
                 return q, np.broadcast_to(scale.reshape(-1), (w.shape[0],)).astype(np.float64)
         absmax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
-        scale = np.where(absmax > 0, absmax / 127, 1.0)
-        q = np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int64)
+        scale = np.where(absmax > 0, absmax / WEIGHT_MAX, 1.0)
+        q = np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64)
         return q, scale
 
     def _pads(self, node: Node, hw: tuple[int, int], k: list[int], s: list[int], d: list[int]) -> list[int]:

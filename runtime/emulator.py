@@ -240,8 +240,7 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
     if reg.mode == Mode.INT8:
         if not reg.zero_skip:
             return x, None, {**stats, "kept_parts": 2 * values}, c // groups
-        hi, lo = nx.split_parts(x)
-        steps = (hi != 0).to(torch.int16) + (lo != 0).to(torch.int16)
+        steps = nx.part_steps(x)
         return x, steps, {**stats, "kept_parts": int(steps.sum())}, c // groups
     if reg.mode in (Mode.DRQ, Mode.DAQ):
         if reg.mode == Mode.DRQ:
@@ -258,9 +257,7 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
         low = nx.insensitive(x, signed, reg.insens_hi)
         xq = torch.where(level == 2, x, torch.where(level == 1, low, torch.zeros_like(x)))
         if reg.zero_skip:
-            hi, lo = nx.split_parts(xq)
-            full = (hi != 0).to(torch.int16) + (lo != 0).to(torch.int16)
-            steps = torch.where(level == 2, full, (xq != 0).to(torch.int16))
+            steps = torch.where(level == 2, nx.part_steps(xq), (xq != 0).to(torch.int16))
         else:
             steps = level.clone() if reg.mode == Mode.DAQ else level.expand(n, c, h, w).clone()
         return xq, steps, {**stats, "kept_parts": int(steps.sum())}, c // groups

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynq.contract.numerics import peak, split_parts
+from dynq.contract.numerics import PART_SCALE, peak, split_parts
 
 EXACT_F32 = float(1 << 24)
 SAFETY = 1.001  # covers the float32 rounding of the bound computations themselves
@@ -60,7 +60,7 @@ class ExactConv:
                 return out.double().view(x.shape[0], n, -1, *out.shape[2:]).sum(dim=1)
         if PART_MAX * self.abs_sum_max < EXACT_F32:
             high, low = split_parts(x)
-            return self._conv(high, self.w32, padding, self.groups).double().mul_(16).add_(
+            return self._conv(high, self.w32, padding, self.groups).double().mul_(PART_SCALE).add_(
                 self._conv(low, self.w32, padding, self.groups))
         return F.conv2d(x.double(), self.w64, None, self.stride, padding, self.dilation, self.groups)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dynq.contract import timing
+from dynq.contract.numerics import peak
 from dynq.contract.timing import ConvGeometry, ceil_div
 
 GROUP = 8
@@ -33,12 +34,13 @@ def _csd_weight(v: int) -> int:
     return terms
 
 
-TERMS = torch.tensor([_csd_weight(v) for v in range(-255, 256)], dtype=torch.int16)
-"""Term count of every 8-bit value, indexed by value + 255."""
+_PEAK = peak(signed=False)
+TERMS = torch.tensor([_csd_weight(v) for v in range(-_PEAK, _PEAK + 1)], dtype=torch.int16)
+"""Term count of every 8-bit value, indexed by value + the 8-bit peak."""
 
 
 def terms(x: torch.Tensor) -> torch.Tensor:
-    return TERMS[x.to(torch.int64) + 255]
+    return TERMS[x.to(torch.int64) + _PEAK]
 
 
 def _group_cost(ta: torch.Tensor, tw: torch.Tensor) -> torch.Tensor:

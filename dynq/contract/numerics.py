@@ -26,6 +26,9 @@ ACC_BITS = 32
 """Accumulators are int32; the compiler proves the bound per layer (`accumulator_bound`)."""
 PART_BITS = 4
 """An 8-bit activation is two 4-bit term parts: x = 16*hi + lo."""
+PART_SCALE = 1 << PART_BITS
+WEIGHT_MAX = 127
+"""Weights are symmetric int8 in [-WEIGHT_MAX, WEIGHT_MAX] (no -128, so negation never overflows)."""
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -83,8 +86,14 @@ def quantize(x: np.ndarray, scale: float, lo: int, hi: int) -> np.ndarray:
 
 def split_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Term parts of 8-bit values: hi = x >> 4 (signed for int8), lo = x & 15, x = 16*hi + lo."""
-    hi = torch.floor(x / 16)
-    return hi, x - 16 * hi
+    hi = torch.floor(x / PART_SCALE)
+    return hi, x - PART_SCALE * hi
+
+
+def part_steps(x: torch.Tensor) -> torch.Tensor:
+    """Non-zero term parts of each value (0, 1 or 2): the steps zero-part skipping leaves."""
+    hi, lo = split_parts(x)
+    return (hi != 0).to(torch.int16) + (lo != 0).to(torch.int16)
 
 
 def insensitive(x: torch.Tensor, signed: bool, use_hi: bool) -> torch.Tensor:

@@ -157,9 +157,15 @@ def _split_lanes(steps: torch.Tensor, rows: int) -> tuple[int, int, int]:
     batch, groups, units = steps.shape
     chunks = ceil_div(units, rows)
     lanes = F.pad(steps.to(torch.int16), (0, chunks * rows - units), value=-1).view(batch, groups, chunks, rows)
-    slowest = lanes.max(dim=-1).values
-    fastest = torch.where(lanes < 0, torch.full_like(lanes, 1 << 14), lanes).min(dim=-1).values
+    slowest, fastest = _slowest_fastest(lanes)
     return int(slowest.sum()), int((slowest - fastest).sum()), int(steps.sum())
+
+
+def _slowest_fastest(lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and min over the last axis of lane steps, ignoring inactive lanes (marked -1)."""
+    slowest = lanes.max(dim=-1).values
+    fastest = torch.where(lanes < 0, torch.full_like(lanes, torch.iinfo(lanes.dtype).max), lanes).min(dim=-1).values
+    return slowest, fastest
 
 
 def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
@@ -184,8 +190,7 @@ def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
             work = flat.permute(0, 3, 1, 2, 4).reshape(n, items, g.n_units, rows)  # items ordered (tile, group)
             work = F.pad(work, (0, 0, 0, 0, 0, packs * pack - items), value=-1)
             lanes = work.view(n, packs, pack, g.n_units, rows).transpose(2, 3).reshape(n, packs, g.n_units, -1)
-            slowest = lanes.max(dim=-1).values
-            fastest = torch.where(lanes < 0, torch.full_like(lanes, 1 << 14), lanes).min(dim=-1).values
+            slowest, fastest = _slowest_fastest(lanes)
             per_pack += slowest.sum(dim=2)
             stall += int((slowest - fastest).sum())
     return per_pack, stall, total
