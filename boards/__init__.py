@@ -30,6 +30,9 @@ class Arch:
     cols: int
     ibuf_bytes: int
     wbuf_bytes: int
+    imem_bytes: int
+    wmem_bytes: int
+    amem_bytes: int
     clock_mhz: float
 
     def as_dict(self) -> dict[str, Any]:

@@ -10,13 +10,14 @@ from dynq.contract.registers import (
     MASK_GRID,
     MAX_LAYERS,
     ErrorCode,
+    Memory,
     Mode,
     PrecisionRegs,
     RegField,
     Register,
 )
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 """Bumped whenever any encoding, register offset or numeric rule changes; part of every fingerprint."""
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "MASK_GRID",
     "MAX_LAYERS",
     "ErrorCode",
+    "Memory",
     "Field",
     "Instr",
     "Mode",

@@ -39,6 +39,7 @@ class ErrorCode(enum.IntEnum):
     BAD_PRECISION = 4
     DMA = 5
     FINGERPRINT = 6
+    XFER = 7
 
 
 @dataclass(frozen=True)
@@ -61,29 +62,49 @@ class Register:
 ID_MAGIC = 0x44594E51
 """'DYNQ': the ID register's value, how a driver knows it talks to this core."""
 
+class Memory(enum.IntEnum):
+    """The core's on-chip memories, as selected by XFER_MEM. Programs, weights and activations all live on
+    chip; the host fills and drains them through the AXI4-Stream ports (the AXI DMA in simple mode)."""
+
+    INSTR = 0
+    WEIGHTS = 1
+    ARENA = 2
+
+
+XFER_ALIGN = 4
+"""Stream transfers move 32-bit beats (byte 0 in bits 7:0); XFER_ADDR must be a multiple of this."""
+
 GLOBAL_REGISTERS: tuple[Register, ...] = (
-    Register("CTRL", 0x00, "RW", "control; start is self-clearing", (
-        RegField("start", 0, 1, "write 1 to run INSTR_COUNT instructions from INSTR_ADDR"),
-        RegField("reset", 1, 1, "write 1 to abort and clear STATUS, ERROR and counters"),
+    Register("CTRL", 0x00, "RW", "control; every bit is self-clearing", (
+        RegField("start", 0, 1, "write 1 to run INSTR_COUNT instructions from INSTR_FIRST"),
+        RegField("reset", 1, 1, "write 1 to abort a run or transfer and clear STATUS and ERROR"),
+        RegField("load", 2, 1, "write 1 to take XFER_BYTES bytes from the input stream into XFER_MEM at "
+                 "XFER_ADDR; the stream's last beat must carry TLAST"),
+        RegField("store", 3, 1, "write 1 to send XFER_BYTES bytes of XFER_MEM from XFER_ADDR on the output "
+                 "stream, TLAST on the last beat, bytes past the end zero"),
     )),
     Register("STATUS", 0x04, "RO", "status", (
         RegField("done", 0, 1, "the segment ended at an END instruction without error"),
-        RegField("busy", 1, 1, "running"),
-        RegField("error", 2, 1, "stopped on an error; see ERROR"),
+        RegField("busy", 1, 1, "running a segment"),
+        RegField("error", 2, 1, "stopped on an error; see ERROR and ERROR_PC"),
+        RegField("xfer", 3, 1, "a load or store is in progress"),
+        RegField("xfer_done", 4, 1, "the last load or store completed without error"),
     )),
-    Register("ERROR", 0x08, "RO", "error code (`ErrorCode`) of the last run"),
+    Register("ERROR", 0x08, "RO", "error code (`ErrorCode`) of the last run or transfer"),
     Register("ERROR_PC", 0x0C, "RO", "index of the instruction that raised the error"),
     Register("ID", 0x10, "RO", f"constant 0x{ID_MAGIC:08X}"),
     Register("CONTRACT", 0x14, "RO", "contract version the core was built from"),
     Register("FINGERPRINT", 0x18, "RO", "architecture fingerprint the core was built for"),
-    Register("INSTR_ADDR", 0x1C, "RW", "physical address of the first instruction of the segment"),
+    Register("INSTR_FIRST", 0x1C, "RW", "index in the instruction memory of the segment's first instruction"),
     Register("INSTR_COUNT", 0x20, "RW", "instructions in the segment"),
-    Register("WEIGHT_ADDR", 0x24, "RW", "physical address of the weight image body"),
-    Register("WEIGHT_BYTES", 0x28, "RW", "size of the weight image body"),
-    Register("ARENA_ADDR", 0x2C, "RW", "physical address of the activation arena"),
-    Register("ARENA_BYTES", 0x30, "RW", "size of the activation arena"),
-    Register("PC", 0x34, "RO", "index of the instruction being executed"),
-    Register("CYCLES", 0x38, "RO", "busy cycles of the last run (all layers)"),
+    Register("XFER_MEM", 0x24, "RW", "memory of the next load or store (`Memory`)"),
+    Register("XFER_ADDR", 0x28, "RW", "byte address of the next load or store in XFER_MEM"),
+    Register("XFER_BYTES", 0x2C, "RW", "bytes of the next load or store"),
+    Register("IMEM_BYTES", 0x30, "RO", "size of the instruction memory"),
+    Register("WMEM_BYTES", 0x34, "RO", "size of the weight memory"),
+    Register("AMEM_BYTES", 0x38, "RO", "size of the activation arena"),
+    Register("PC", 0x3C, "RO", "index of the instruction being executed"),
+    Register("CYCLES", 0x40, "RO", "cycles of the last run, from start to done or error"),
 )
 GLOBAL: dict[str, Register] = {r.name: r for r in GLOBAL_REGISTERS}
 
