@@ -1,0 +1,630 @@
+"""The overlay core: AXI4-Lite registers, stream transfers into the on-chip memories, and the sequencer.
+
+Everything numeric comes from `dynq.contract`: register offsets and fields, instruction field positions,
+opcodes, error codes, the requantization rule and the cycle model's constants. The board file gives the
+array shape and memory sizes. The core runs one segment per start: it fetches an instruction, checks
+it, executes it, writes the layer's performance counters, and moves on until END or an error.
+
+Implemented units: the sequencer with its error checks, and the element-wise unit (MOVE, ADD) on the
+lane-banked arena. CONV and POOL raise BAD_OPCODE in this build (see docs/overlay.md).
+"""
+
+from __future__ import annotations
+
+from myhdl import ConcatSignal, ResetSignal, Signal, always, always_comb, block, concat, enum, intbv, modbv
+
+from dynq.boards import Board
+from dynq.contract import CONTRACT_VERSION, ErrorCode, Memory, Op, timing
+from dynq.contract import registers as rg
+from dynq.contract.isa import FIELD, INSTR_WORDS
+from dynq.hdl.axil import addr_bits, axil_slave, word
+from dynq.hdl.lanes import SHIFT_SAT, eltwise_lane, signed_acc
+from dynq.hdl.memories import ram, window_ram
+
+FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
+"""Instruction words the core reads; the rest of the record is reserved."""
+FETCH_PAIRS = -(-FETCH_WORDS // 2)
+"""The instruction memory is two 32-bit banks (even and odd words): a pair per cycle."""
+assert FETCH_PAIRS + 1 == timing.LAYER_SETUP_CYCLES, "setup = fetch pairs + one cycle of checks"
+EXEC_READ_LATENCY = 1
+assert EXEC_READ_LATENCY + 3 == timing.PIPE_CYCLES, "PIPE = arena read + three lane stages"
+
+
+def log2(n: int) -> int:
+    assert n > 0 and n & (n - 1) == 0, f"{n} is not a power of two"
+    return n.bit_length() - 1
+
+
+def _bit(reg: str, field: str) -> int:
+    return next(f.lsb for f in rg.GLOBAL[reg].fields if f.name == field)
+
+
+def ports(board: Board) -> dict[str, Signal]:
+    """The core's top-level ports, in order: clock and reset, AXI4-Lite slave, AXI4-Stream in and out."""
+    aw = addr_bits(rg.ADDRESS_SPACE)
+    return {
+        "clk": Signal(bool(0)),
+        "aresetn": ResetSignal(1, active=0, isasync=False),
+        "s_axil_awaddr": Signal(intbv(0)[aw:]), "s_axil_awvalid": Signal(bool(0)), "s_axil_awready": Signal(bool(0)),
+        "s_axil_wdata": word(), "s_axil_wstrb": Signal(intbv(0)[4:]), "s_axil_wvalid": Signal(bool(0)),
+        "s_axil_wready": Signal(bool(0)),
+        "s_axil_bresp": Signal(intbv(0)[2:]), "s_axil_bvalid": Signal(bool(0)), "s_axil_bready": Signal(bool(0)),
+        "s_axil_araddr": Signal(intbv(0)[aw:]), "s_axil_arvalid": Signal(bool(0)), "s_axil_arready": Signal(bool(0)),
+        "s_axil_rdata": word(), "s_axil_rresp": Signal(intbv(0)[2:]), "s_axil_rvalid": Signal(bool(0)),
+        "s_axil_rready": Signal(bool(0)),
+        "s_axis_tdata": word(), "s_axis_tvalid": Signal(bool(0)), "s_axis_tready": Signal(bool(0)),
+        "s_axis_tlast": Signal(bool(0)),
+        "m_axis_tdata": word(), "m_axis_tvalid": Signal(bool(0)), "m_axis_tready": Signal(bool(0)),
+        "m_axis_tlast": Signal(bool(0)),
+        "irq": Signal(bool(0)),
+    }
+
+
+@block
+def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_awready, s_axil_wdata, s_axil_wstrb,
+              s_axil_wvalid, s_axil_wready, s_axil_bresp, s_axil_bvalid, s_axil_bready, s_axil_araddr,
+              s_axil_arvalid, s_axil_arready, s_axil_rdata, s_axil_rresp, s_axil_rvalid, s_axil_rready,
+              s_axis_tdata, s_axis_tvalid, s_axis_tready, s_axis_tlast, m_axis_tdata, m_axis_tvalid,
+              m_axis_tready, m_axis_tlast, irq):
+    arch = board.arch
+    rows = arch.rows
+    ob = log2(rows)
+    aw = addr_bits(rg.ADDRESS_SPACE)
+    imem_pairs = arch.imem_bytes // 8
+    wmem_words = arch.wmem_bytes // 4
+    amem_depth = arch.amem_bytes // rows
+    ipw, wmw, abw = log2(imem_pairs), log2(wmem_words), log2(arch.amem_bytes)
+    pair_stride = INSTR_WORDS // 2
+    imem_instrs = imem_pairs // pair_stride
+    lw = log2(rg.MAX_LAYERS)
+    n_counters = len(rg.COUNTERS)
+
+    # constants from the contract, bound to names the converter inlines
+    off_ctrl, off_status, off_error, off_error_pc = (rg.GLOBAL[n].offset for n in ("CTRL", "STATUS", "ERROR",
+                                                                                     "ERROR_PC"))
+    off_id, off_contract, off_fp = (rg.GLOBAL[n].offset for n in ("ID", "CONTRACT", "FINGERPRINT"))
+    off_first, off_count = rg.GLOBAL["INSTR_FIRST"].offset, rg.GLOBAL["INSTR_COUNT"].offset
+    off_xmem, off_xaddr, off_xbytes = (rg.GLOBAL[n].offset for n in ("XFER_MEM", "XFER_ADDR", "XFER_BYTES"))
+    off_imem, off_wmem, off_amem = (rg.GLOBAL[n].offset for n in ("IMEM_BYTES", "WMEM_BYTES", "AMEM_BYTES"))
+    off_pc, off_cycles = rg.GLOBAL["PC"].offset, rg.GLOBAL["CYCLES"].offset
+    b_start, b_reset, b_load, b_store = (_bit("CTRL", n) for n in ("start", "reset", "load", "store"))
+    id_magic, contract_version, fingerprint = rg.ID_MAGIC, CONTRACT_VERSION, board.arch.fingerprint
+    imem_bytes, wmem_bytes, amem_bytes = arch.imem_bytes, arch.wmem_bytes, arch.amem_bytes
+    prec_lo, prec_hi = rg.PRECISION_BASE, rg.MASK_BASE
+    mask_lo, mask_hi = rg.MASK_BASE, rg.MASK_BASE + 4 * rg.MASK_WORDS
+    cnt_lo, cnt_hi = rg.COUNTER_BASE, rg.COUNTER_BASE + rg.MAX_LAYERS * rg.COUNTER_STRIDE
+    prec_shift, cnt_shift = log2(rg.PRECISION_STRIDE), log2(rg.COUNTER_STRIDE)
+    e_ok, e_opcode, e_range, e_xfer = ErrorCode.OK, ErrorCode.BAD_OPCODE, ErrorCode.ADDR_RANGE, ErrorCode.XFER
+    m_instr, m_weights, m_arena = Memory.INSTR, Memory.WEIGHTS, Memory.ARENA
+    op_nop, op_move, op_add, op_end = int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END)
+    setup_last = timing.LAYER_SETUP_CYCLES - 1
+    pipe = timing.PIPE_CYCLES
+    shift_sat = SHIFT_SAT
+
+    rst = Signal(bool(0))
+
+    # ---- register bus ---------------------------------------------------------------------------------
+    wr_en = Signal(bool(0))
+    wr_addr, rd_addr, rd_addr_q = Signal(intbv(0)[aw:]), Signal(intbv(0)[aw:]), Signal(intbv(0)[aw:])
+    wr_data, rd_data = word(), word()
+    bus = axil_slave(clk, rst, s_axil_awaddr, s_axil_awvalid, s_axil_awready, s_axil_wdata, s_axil_wvalid,
+                     s_axil_wready, s_axil_bresp, s_axil_bvalid, s_axil_bready, s_axil_araddr, s_axil_arvalid,
+                     s_axil_arready, s_axil_rdata, s_axil_rresp, s_axil_rvalid, s_axil_rready,
+                     wr_en, wr_addr, wr_data, rd_addr, rd_data)
+
+    instr_first, instr_count = word(), word()
+    xfer_mem, xfer_addr, xfer_bytes = word(), word(), word()
+    start, soft_reset, load_go, store_go = (Signal(bool(0)) for _ in range(4))
+    done, busy, error, xfer_busy, xfer_done = (Signal(bool(0)) for _ in range(5))
+    error_code, error_pc, pc, cycles = word(), word(), word(), word()
+    global_q = word()
+    any_error = Signal(bool(0))
+    status_bits = {"done": done, "busy": busy, "error": any_error, "xfer": xfer_busy, "xfer_done": xfer_done}
+    status_fields = sorted(rg.GLOBAL["STATUS"].fields, key=lambda f: f.lsb)
+    assert [f.lsb for f in status_fields] == list(range(len(status_fields)))
+    status_word = ConcatSignal(intbv(0)[32 - len(status_fields):],
+                               *[status_bits[f.name] for f in reversed(status_fields)])
+
+    # precision banks: one RAM per register, written by the host
+    n_prec = len(rg.PRECISION_REGISTERS)
+    prec_we = Signal(intbv(0)[n_prec:])
+    prec_wa = Signal(intbv(0)[lw:])
+    prec_ra_bus = Signal(intbv(0)[lw:])
+    prec_bus = [word() for _ in range(n_prec)]
+    prec_bus_all = ConcatSignal(*reversed(prec_bus))
+    mask_regs = [word() for _ in range(rg.MASK_WORDS)]
+    mask_q = word()
+
+    # counter banks: one RAM per counter, written by the core at the end of each instruction
+    cnt_we = Signal(bool(0))
+    cnt_wa, cnt_ra = Signal(intbv(0)[lw:]), Signal(intbv(0)[lw:])
+    cnt_in = Signal(intbv(0)[32 * n_counters:])
+    cnt_out = [word() for _ in range(n_counters)]
+    cnt_out_all = ConcatSignal(*reversed(cnt_out))
+    cnt_sel = Signal(intbv(0)[log2(rg.COUNTER_STRIDE // 4):])
+    region_q = Signal(intbv(0)[2:])
+    prec_sel = Signal(intbv(0)[2:])
+
+    insts = [bus]
+    for i in range(n_prec):
+        insts.append(ram(clk, prec_we(i), prec_wa, wr_data, prec_ra_bus, prec_bus[i], rg.MAX_LAYERS))
+    for i in range(n_counters):
+        insts.append(ram(clk, cnt_we, cnt_wa, cnt_in(32 * i + 32, 32 * i), cnt_ra, cnt_out[i], rg.MAX_LAYERS))
+
+    @always_comb
+    def reset_logic():
+        rst.next = not aresetn
+
+    @always_comb
+    def bus_decode():
+        prec_wa.next = wr_addr[lw + prec_shift:prec_shift]
+        prec_ra_bus.next = rd_addr[lw + prec_shift:prec_shift]
+        cnt_ra.next = rd_addr[lw + cnt_shift:cnt_shift]
+        if wr_en and wr_addr >= prec_lo and wr_addr < prec_hi:
+            prec_we.next = 1 << wr_addr[prec_shift:2]
+        else:
+            prec_we.next = 0
+
+    @always(clk.posedge)
+    def bus_write():
+        start.next = 0
+        soft_reset.next = 0
+        load_go.next = 0
+        store_go.next = 0
+        if rst:
+            instr_first.next = 0
+            instr_count.next = 0
+            xfer_mem.next = 0
+            xfer_addr.next = 0
+            xfer_bytes.next = 0
+            for i in range(rg.MASK_WORDS):
+                mask_regs[i].next = 0
+        elif wr_en:
+            if wr_addr == off_ctrl:
+                start.next = wr_data[b_start]
+                soft_reset.next = wr_data[b_reset]
+                load_go.next = wr_data[b_load]
+                store_go.next = wr_data[b_store]
+            elif wr_addr == off_first:
+                instr_first.next = wr_data
+            elif wr_addr == off_count:
+                instr_count.next = wr_data
+            elif wr_addr == off_xmem:
+                xfer_mem.next = wr_data
+            elif wr_addr == off_xaddr:
+                xfer_addr.next = wr_data
+            elif wr_addr == off_xbytes:
+                xfer_bytes.next = wr_data
+            elif wr_addr >= mask_lo and wr_addr < mask_hi:
+                mask_regs[wr_addr[aw:2] - mask_lo // 4].next = wr_data
+
+    @always(clk.posedge)
+    def bus_read_stage():
+        # one cycle after rd_en: register the global value and remember which space was read
+        rd_addr_q.next = rd_addr
+        cnt_sel.next = rd_addr[cnt_shift:2]
+        prec_sel.next = rd_addr[prec_shift:2]
+        if rd_addr == off_status:
+            global_q.next = status_word
+        elif rd_addr == off_error:
+            if x_err:
+                global_q.next = e_xfer
+            else:
+                global_q.next = error_code
+        elif rd_addr == off_error_pc:
+            global_q.next = error_pc
+        elif rd_addr == off_id:
+            global_q.next = id_magic
+        elif rd_addr == off_contract:
+            global_q.next = contract_version
+        elif rd_addr == off_fp:
+            global_q.next = fingerprint
+        elif rd_addr == off_first:
+            global_q.next = instr_first
+        elif rd_addr == off_count:
+            global_q.next = instr_count
+        elif rd_addr == off_xmem:
+            global_q.next = xfer_mem
+        elif rd_addr == off_xaddr:
+            global_q.next = xfer_addr
+        elif rd_addr == off_xbytes:
+            global_q.next = xfer_bytes
+        elif rd_addr == off_imem:
+            global_q.next = imem_bytes
+        elif rd_addr == off_wmem:
+            global_q.next = wmem_bytes
+        elif rd_addr == off_amem:
+            global_q.next = amem_bytes
+        elif rd_addr == off_pc:
+            global_q.next = pc
+        elif rd_addr == off_cycles:
+            global_q.next = cycles
+        else:
+            global_q.next = 0
+        if rd_addr >= mask_lo and rd_addr < mask_hi:
+            mask_q.next = mask_regs[rd_addr[aw:2] - mask_lo // 4]
+        else:
+            mask_q.next = 0
+
+    @always_comb
+    def bus_read_mux():
+        if rd_addr_q >= prec_lo and rd_addr_q < prec_hi:
+            rd_data.next = (prec_bus_all >> (32 * prec_sel)) & 0xFFFFFFFF
+        elif rd_addr_q >= cnt_lo and rd_addr_q < cnt_hi and cnt_sel < n_counters:
+            rd_data.next = (cnt_out_all >> (32 * cnt_sel)) & 0xFFFFFFFF
+        elif rd_addr_q >= mask_lo and rd_addr_q < mask_hi:
+            rd_data.next = mask_q
+        else:
+            rd_data.next = global_q
+
+    insts += [reset_logic, bus_decode, bus_write, bus_read_stage, bus_read_mux]
+
+    # ---- memories ---------------------------------------------------------------------------------------
+    im_we0, im_we1 = Signal(bool(0)), Signal(bool(0))
+    im_wa, im_ra = Signal(modbv(0)[ipw:]), Signal(modbv(0)[ipw:])
+    im_wd = word()
+    im_rd0, im_rd1 = word(), word()
+    wm_we = Signal(bool(0))
+    wm_wa, wm_ra = Signal(modbv(0)[wmw:]), Signal(modbv(0)[wmw:])
+    wm_wd, wm_rd = word(), word()
+    am_ra, am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
+    am_rd, am_wd = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[8 * rows:])
+    am_we = Signal(bool(0))
+    am_mask = Signal(intbv(0)[rows:])
+    insts.append(ram(clk, im_we0, im_wa, im_wd, im_ra, im_rd0, imem_pairs))
+    insts.append(ram(clk, im_we1, im_wa, im_wd, im_ra, im_rd1, imem_pairs))
+    insts.append(ram(clk, wm_we, wm_wa, wm_wd, wm_ra, wm_rd, wmem_words))
+    insts.append(window_ram(clk, am_ra, am_rd, am_we, am_wa, am_wd, am_mask, rows, amem_depth))
+
+    # ---- stream transfers ---------------------------------------------------------------------------------
+    x_state_t = enum("IDLE", "LOAD", "SWALLOW", "READ", "WAIT", "SEND")
+    x_state = Signal(x_state_t.IDLE)
+    x_ptr = word()  # byte address of the current beat
+    x_left = word()  # bytes still to move, including the current beat
+    x_mem = Signal(intbv(0)[2:])
+    x_word = word()
+    x_rd_word = word()
+    x_im_ra = Signal(modbv(0)[ipw:])
+    x_am_ra, x_am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
+    x_am_we = Signal(bool(0))
+    x_am_mask = Signal(intbv(0)[rows:])
+    x_am_wd = Signal(intbv(0)[8 * rows:])
+    x_err = Signal(bool(0))
+    x_beat = Signal(bool(0))
+    x_ptr_q = word()
+
+    @always_comb
+    def xfer_comb():
+        x_beat.next = x_state == x_state_t.LOAD and s_axis_tvalid
+        s_axis_tready.next = x_state == x_state_t.LOAD or x_state == x_state_t.SWALLOW
+        m_axis_tvalid.next = x_state == x_state_t.SEND
+        m_axis_tdata.next = x_word
+        m_axis_tlast.next = x_state == x_state_t.SEND and x_left <= 4
+        words = x_ptr >> 2
+        im_wa.next = words >> 1
+        im_wd.next = s_axis_tdata
+        im_we0.next = x_beat and x_mem == m_instr and not words[0]
+        im_we1.next = x_beat and x_mem == m_instr and words[0]
+        x_im_ra.next = words >> 1
+        wm_wa.next = words
+        wm_ra.next = words
+        wm_wd.next = s_axis_tdata
+        wm_we.next = x_beat and x_mem == m_weights
+        x_am_wa.next = x_ptr
+        x_am_ra.next = x_ptr
+        x_am_we.next = x_beat and x_mem == m_arena
+        x_am_wd.next = s_axis_tdata
+        if x_left >= 4:
+            x_am_mask.next = 0xF
+        else:
+            x_am_mask.next = (1 << x_left[2:]) - 1
+        # the word a store sends: the arena's first four lanes, or the selected instruction bank
+        if x_mem == m_arena:
+            x_rd_word.next = am_rd[32:]
+        elif x_mem == m_weights:
+            x_rd_word.next = wm_rd
+        elif x_ptr_q[2]:
+            x_rd_word.next = im_rd1
+        else:
+            x_rd_word.next = im_rd0
+
+    @always(clk.posedge)
+    def xfer_seq():
+        x_ptr_q.next = x_ptr
+        if rst or soft_reset:
+            x_state.next = x_state_t.IDLE
+            xfer_busy.next = 0
+            xfer_done.next = 0
+            x_err.next = 0
+        elif x_state == x_state_t.IDLE:
+            if start:
+                x_err.next = 0
+            if (load_go or store_go) and not busy:
+                size = 0
+                if xfer_mem == m_instr:
+                    size = imem_bytes
+                elif xfer_mem == m_weights:
+                    size = wmem_bytes
+                elif xfer_mem == m_arena:
+                    size = amem_bytes
+                x_mem.next = xfer_mem[2:]
+                x_ptr.next = xfer_addr
+                x_left.next = xfer_bytes
+                xfer_done.next = 0
+                x_err.next = 0
+                if xfer_addr[2:] != 0 or xfer_bytes == 0 or size == 0 or xfer_addr + xfer_bytes > size:
+                    x_err.next = 1
+                    if load_go:
+                        xfer_busy.next = 1
+                        x_state.next = x_state_t.SWALLOW
+                elif load_go:
+                    xfer_busy.next = 1
+                    x_state.next = x_state_t.LOAD
+                else:
+                    xfer_busy.next = 1
+                    x_state.next = x_state_t.READ
+        elif x_state == x_state_t.LOAD:
+            if s_axis_tvalid:
+                x_ptr.next = x_ptr + 4
+                if x_left <= 4:
+                    x_left.next = 0
+                    if s_axis_tlast:
+                        xfer_busy.next = 0
+                        xfer_done.next = 1
+                        x_state.next = x_state_t.IDLE
+                    else:
+                        x_err.next = 1
+                        x_state.next = x_state_t.SWALLOW
+                else:
+                    x_left.next = x_left - 4
+                    if s_axis_tlast:
+                        x_err.next = 1
+                        xfer_busy.next = 0
+                        x_state.next = x_state_t.IDLE
+        elif x_state == x_state_t.SWALLOW:
+            if s_axis_tvalid and s_axis_tlast:
+                xfer_busy.next = 0
+                x_state.next = x_state_t.IDLE
+        elif x_state == x_state_t.READ:
+            x_state.next = x_state_t.WAIT
+        elif x_state == x_state_t.WAIT:
+            x_word.next = x_rd_word
+            x_state.next = x_state_t.SEND
+        elif x_state == x_state_t.SEND:
+            if m_axis_tready:
+                x_ptr.next = x_ptr + 4
+                if x_left <= 4:
+                    x_left.next = 0
+                    xfer_busy.next = 0
+                    xfer_done.next = 1
+                    x_state.next = x_state_t.IDLE
+                else:
+                    x_left.next = x_left - 4
+                    x_state.next = x_state_t.READ
+
+    insts += [xfer_comb, xfer_seq]
+
+    # ---- sequencer ----------------------------------------------------------------------------------------
+    s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "WRITEBACK")
+    state = Signal(s_t.IDLE)
+    instr = Signal(intbv(0)[64 * (FETCH_PAIRS - 1):])
+    # pairs shift in from the top: in the last fetch cycle `fetched` holds the whole instruction
+    fetched = Signal(intbv(0)[64 * FETCH_PAIRS:])
+    fields = {f.name: fetched(32 * f.word + f.lsb + f.width, 32 * f.word + f.lsb) if f.width > 1
+              else fetched(32 * f.word + f.lsb) for f in FIELD.values()}
+    f_opcode, f_layer, f_s0_signed, f_s1_signed = (fields[n] for n in ("opcode", "layer", "s0_signed", "s1_signed"))
+    f_src0, f_src1, f_dst = fields["src0"], fields["src1"], fields["dst"]
+    f_cin, f_ih, f_iw = fields["cin"], fields["ih"], fields["iw"]
+    f_mult0, f_mult1, f_shift0 = fields["mult0"], fields["mult1"], fields["shift0"]
+    f_clip_lo, f_clip_hi = fields["clip_lo"], fields["clip_hi"]
+    cyc = word()
+    seg_end = Signal(intbv(0)[33:])
+    n_elems = Signal(intbv(0)[48:])
+    e_im_ra = Signal(modbv(0)[ipw:])
+    e_am_ra, e_am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
+    e_am_we = Signal(bool(0))
+    e_am_mask = Signal(intbv(0)[rows:])
+    layer = Signal(intbv(0)[lw:])
+    # element-wise unit
+    rd_ptr_a, rd_ptr_b, wr_ptr = Signal(intbv(0)[33:]), Signal(intbv(0)[33:]), Signal(intbv(0)[33:])
+    left = Signal(intbv(0)[48:])  # elements not yet read
+    second = Signal(bool(0))  # ADD: the next read is the second operand
+    is_add = Signal(bool(0))
+    s0_signed, s1_signed = Signal(bool(0)), Signal(bool(0))
+    mult0 = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
+    mult1 = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
+    shift = Signal(intbv(0)[6:])
+    rnd = signed_acc()
+    clip_lo = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
+    clip_hi = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
+    # pipeline tags: stage 1 (read data here), 2, 3, write stage
+    t_valid = [Signal(bool(0)) for _ in range(pipe)]
+    t_comp = [Signal(bool(0)) for _ in range(pipe)]
+    t_last = [Signal(bool(0)) for _ in range(pipe)]
+    t_addr = [Signal(intbv(0)[abw:]) for _ in range(pipe)]
+    t_mask = [Signal(intbv(0)[rows:]) for _ in range(pipe)]
+    issue_valid, issue_comp, issue_last = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
+    issue_mask = Signal(intbv(0)[rows:])
+    lane_y = [Signal(intbv(0)[8:]) for _ in range(rows)]
+    lane_x_signed = Signal(bool(0))
+    lane_capture, lane_compute = Signal(bool(0)), Signal(bool(0))
+
+    for j in range(rows):
+        insts.append(eltwise_lane(clk, am_rd(8 * j + 8, 8 * j), lane_x_signed, lane_capture, lane_compute, is_add,
+                                  mult0, mult1, rnd, shift, clip_lo, clip_hi, lane_y[j]))
+    y_all = ConcatSignal(*reversed(lane_y))
+
+    @always_comb
+    def fetch_shift():
+        fetched.next = concat(im_rd1, im_rd0, instr)
+
+    @always_comb
+    def exec_comb():
+        e_im_ra.next = pc * pair_stride + cyc
+        issue_valid.next = state == s_t.EXEC
+        issue_comp.next = state == s_t.EXEC and (not is_add or second)
+        issue_last.next = state == s_t.EXEC and (not is_add or second) and left <= rows
+        if left >= rows:
+            issue_mask.next = (1 << rows) - 1
+        else:
+            issue_mask.next = (1 << left[ob + 1:]) - 1
+        if second:
+            e_am_ra.next = rd_ptr_b[abw:]
+        else:
+            e_am_ra.next = rd_ptr_a[abw:]
+        lane_capture.next = t_valid[0] and not t_comp[0]
+        lane_compute.next = t_valid[0] and t_comp[0]
+        if is_add and t_comp[0]:
+            lane_x_signed.next = s1_signed
+        else:
+            lane_x_signed.next = s0_signed
+        e_am_wa.next = t_addr[pipe - 1]
+        e_am_mask.next = t_mask[pipe - 1]
+        e_am_we.next = t_valid[pipe - 1] and t_comp[pipe - 1]
+
+    @always(clk.posedge)
+    def pipeline_tags():
+        t_valid[0].next = issue_valid
+        t_comp[0].next = issue_comp
+        t_last[0].next = issue_last
+        t_addr[0].next = wr_ptr[abw:]
+        t_mask[0].next = issue_mask
+        for i in range(1, pipe):
+            t_valid[i].next = t_valid[i - 1]
+            t_comp[i].next = t_comp[i - 1]
+            t_last[i].next = t_last[i - 1]
+            t_addr[i].next = t_addr[i - 1]
+            t_mask[i].next = t_mask[i - 1]
+
+    @always(clk.posedge)
+    def sequencer():
+        cnt_we.next = 0
+        if rst or soft_reset:
+            state.next = s_t.IDLE
+            busy.next = 0
+            done.next = 0
+            error.next = 0
+            error_code.next = e_ok
+            error_pc.next = 0
+            pc.next = 0
+        elif state == s_t.IDLE:
+            if start and not xfer_busy:
+                busy.next = 1
+                done.next = 0
+                error.next = 0
+                error_code.next = e_ok
+                pc.next = instr_first
+                seg_end.next = instr_first + instr_count
+                cycles.next = 0
+                cyc.next = 0
+                state.next = s_t.FETCH
+        elif state == s_t.FETCH:
+            cycles.next = cycles + 1
+            cyc.next = cyc + 1
+            if cyc == 0 and (pc >= seg_end or pc >= imem_instrs):
+                busy.next = 0
+                error.next = 1
+                error_code.next = e_range
+                error_pc.next = pc
+                state.next = s_t.IDLE
+            if cyc >= 1 and cyc <= FETCH_PAIRS:
+                instr.next = fetched[64 * FETCH_PAIRS:64]
+            elems = 0
+            if cyc == setup_last:
+                # the last pair arrives now: every field is read from `fetched`
+                elems = int(f_cin * f_ih * f_iw)
+                opc = int(f_opcode)
+                n_elems.next = elems
+                layer.next = f_layer
+                is_add.next = opc == op_add
+                s0_signed.next = f_s0_signed
+                s1_signed.next = f_s1_signed
+                mult0.next = f_mult0.signed()
+                mult1.next = f_mult1.signed()
+                clip_lo.next = f_clip_lo.signed()
+                clip_hi.next = f_clip_hi.signed()
+                sh = int(f_shift0)
+                if sh > shift_sat:
+                    sh = shift_sat
+                shift.next = sh
+                rnd.next = (1 << sh) >> 1
+                rd_ptr_a.next = f_src0
+                rd_ptr_b.next = f_src1
+                wr_ptr.next = f_dst
+                left.next = elems
+                second.next = 0
+                if opc == op_end:
+                    busy.next = 0
+                    done.next = 1
+                    state.next = s_t.IDLE
+                elif opc == op_nop:
+                    pc.next = pc + 1
+                    cyc.next = 0
+                elif opc != op_move and opc != op_add:
+                    busy.next = 0
+                    error.next = 1
+                    error_code.next = e_opcode
+                    error_pc.next = pc
+                    state.next = s_t.IDLE
+                elif (f_src0 + elems > amem_bytes or f_dst + elems > amem_bytes
+                      or (opc == op_add and f_src1 + elems > amem_bytes)):
+                    busy.next = 0
+                    error.next = 1
+                    error_code.next = e_range
+                    error_pc.next = pc
+                    state.next = s_t.IDLE
+                elif elems == 0:
+                    state.next = s_t.DRAIN
+                else:
+                    state.next = s_t.EXEC
+        elif state == s_t.EXEC:
+            cycles.next = cycles + 1
+            cyc.next = cyc + 1
+            if is_add and not second:
+                second.next = 1
+                rd_ptr_a.next = rd_ptr_a + rows
+            else:
+                second.next = 0
+                rd_ptr_a.next = rd_ptr_a + rows
+                rd_ptr_b.next = rd_ptr_b + rows
+                wr_ptr.next = wr_ptr + rows
+                if left <= rows:
+                    left.next = 0
+                    state.next = s_t.DRAIN
+                else:
+                    left.next = left - rows
+        elif state == s_t.DRAIN:
+            cycles.next = cycles + 1
+            cyc.next = cyc + 1
+            if n_elems == 0 or (t_valid[pipe - 1] and t_last[pipe - 1]):
+                cnt_we.next = 1
+                cnt_wa.next = layer
+                cnt_in.next = cyc + 1
+                state.next = s_t.WRITEBACK
+        elif state == s_t.WRITEBACK:
+            cycles.next = cycles + 1
+            pc.next = pc + 1
+            cyc.next = 0
+            state.next = s_t.FETCH
+
+    @always_comb
+    def arena_ports():
+        if xfer_busy:
+            am_ra.next = x_am_ra
+            am_wa.next = x_am_wa
+            am_wd.next = x_am_wd
+            am_mask.next = x_am_mask
+            am_we.next = x_am_we
+            im_ra.next = x_im_ra
+        else:
+            am_ra.next = e_am_ra
+            am_wa.next = e_am_wa
+            am_wd.next = y_all
+            am_mask.next = e_am_mask
+            am_we.next = e_am_we
+            im_ra.next = e_im_ra
+        any_error.next = error or x_err
+        irq.next = done or error or x_err
+
+    insts += [fetch_shift, exec_comb, pipeline_tags, sequencer, arena_ports]
+    return insts

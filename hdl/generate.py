@@ -1,0 +1,19 @@
+"""Verilog (and VHDL) from the MyHDL sources, for one board's architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dynq.boards import load
+from dynq.hdl.core import dynq_core, ports
+
+TOP = "dynq_core"
+
+
+def generate(board_name: str, out_dir: Path, hdl: str = "Verilog") -> Path:
+    """Converts the core for `board_name` into `out_dir/dynq_core.v` (or `.vhd`); returns the file."""
+    board = load(board_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    core = dynq_core(board, **ports(board))
+    core.convert(hdl=hdl, path=str(out_dir), name=TOP, testbench=False)
+    return out_dir / f"{TOP}.{'v' if hdl == 'Verilog' else 'vhd'}"

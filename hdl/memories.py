@@ -1,0 +1,95 @@
+"""On-chip memories, written so that synthesis infers block RAM: one write port, registered reads.
+
+`window_ram` is the activation arena: one byte bank per lane, each with its own address, so that any
+`rows` consecutive bytes, at any byte address, are read or written in one cycle (bank b of a window at
+address A holds byte (b - A) mod rows of the window, at word A // rows, or the next word for b < A mod rows).
+"""
+
+from __future__ import annotations
+
+from myhdl import ConcatSignal, Signal, always, always_comb, block, concat, intbv, modbv
+
+
+@block
+def ram(clk, we, waddr, wdata, raddr, rdata, depth: int):
+    """Simple dual-port RAM of `depth` words of `len(wdata)` bits, one-cycle registered read."""
+    mem = [Signal(intbv(0)[len(wdata):]) for _ in range(depth)]
+
+    @always(clk.posedge)
+    def access():
+        if we:
+            mem[waddr].next = wdata
+        rdata.next = mem[raddr]
+
+    return access
+
+
+@block
+def window_ram(clk, rd_addr, rd_data, wr_en, wr_addr, wr_data, wr_mask, rows: int, depth: int):
+    """`rows` (a power of two) byte banks of `depth` bytes. Read: `rd_data` (lane j = byte rd_addr + j) one cycle after
+    `rd_addr`. Write: lanes j with `wr_mask[j]` set store byte j of `wr_data` at `wr_addr + j`."""
+    ob = (rows - 1).bit_length()
+    wb = (depth - 1).bit_length()
+    rd_off = Signal(intbv(0)[ob:])
+    bank_out = [Signal(intbv(0)[8:]) for _ in range(rows)]
+    bank_raddr = [Signal(modbv(0)[wb:]) for _ in range(rows)]
+    bank_waddr = [Signal(modbv(0)[wb:]) for _ in range(rows)]
+    bank_we = [Signal(bool(0)) for _ in range(rows)]
+    wr_banked = Signal(intbv(0)[8 * rows:])
+    mask_banked = Signal(intbv(0)[rows:])
+    rd_banked = ConcatSignal(*reversed(bank_out))
+    insts = []
+
+    @always_comb
+    def rotate_write():
+        # lane j goes to bank (A + j) mod rows: rotate left by A mod rows bytes
+        off = int(wr_addr[ob:])
+        d = intbv(0)[16 * rows:]
+        d[:] = concat(wr_data, wr_data)
+        d[:] = d >> (8 * (rows - off))
+        wr_banked.next = d[8 * rows:]
+        m = intbv(0)[2 * rows:]
+        m[:] = concat(wr_mask, wr_mask)
+        m[:] = m >> (rows - off)
+        mask_banked.next = m[rows:]
+
+    insts.append(rotate_write)
+
+    @always(clk.posedge)
+    def remember_offset():
+        rd_off.next = rd_addr[ob:]
+
+    insts.append(remember_offset)
+
+    @always_comb
+    def rotate_read():
+        d = intbv(0)[16 * rows:]
+        d[:] = concat(rd_banked, rd_banked)
+        d[:] = d >> (8 * rd_off)
+        rd_data.next = d[8 * rows:]
+
+    insts.append(rotate_read)
+
+    for b in range(rows):
+        insts.append(_bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, bank_raddr[b], bank_waddr[b],
+                                     bank_we[b], b, ob))
+        insts.append(ram(clk, bank_we[b], bank_waddr[b], wr_banked(8 * b + 8, 8 * b), bank_raddr[b],
+                         bank_out[b], depth))
+    return insts
+
+
+@block
+def _bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, raddr, waddr, we, b: int, ob: int):
+    @always_comb
+    def addresses():
+        if b < rd_addr[ob:]:
+            raddr.next = (rd_addr >> ob) + 1
+        else:
+            raddr.next = rd_addr >> ob
+        if b < wr_addr[ob:]:
+            waddr.next = (wr_addr >> ob) + 1
+        else:
+            waddr.next = wr_addr >> ob
+        we.next = wr_en and mask_banked[b]
+
+    return addresses
