@@ -61,6 +61,16 @@ class Arena:
                 self.bytes[:, off:off + size] = t.reshape(self.batch, size).to(dtype).view(torch.uint8)
                 del self.cache[off]
 
+    def snapshot(self, image: int) -> bytes:
+        """One image's arena bytes, every cached tensor written back: what a device's arena holds."""
+        self._flush(0, self.nbytes)
+        return self.bytes[image].numpy().tobytes()
+
+    def restore(self, image: int, data: bytes) -> None:
+        """Replaces one image's arena bytes with what a device's arena holds after a run."""
+        self._flush(0, self.nbytes)
+        self.bytes[image] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
     def write(self, offset: int, t: torch.Tensor, signed: bool, pc: int) -> None:
         size = t[0].numel()
         self._check(offset, size, pc)
@@ -199,14 +209,14 @@ class Emulator:
         b = arena.read(ins.src1, shape, bool(ins.s1_signed), pc)
         y = _rescale_sum(a, ins.mult0, bool(ins.s0_signed), b, ins.mult1, bool(ins.s1_signed), ins)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
-        return {"busy_cycles": a.shape[0] * timing.eltwise_cycles(a[0].numel(), self.rows)}
+        return {"busy_cycles": a.shape[0] * timing.eltwise_cycles(a[0].numel(), self.rows, 2)}
 
     def _move(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
               mask: torch.Tensor | None) -> dict[str, int]:
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
         y = _rescale_sum(x, ins.mult0, bool(ins.s0_signed), None, 0, False, ins)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
-        return {"busy_cycles": x.shape[0] * timing.eltwise_cycles(x[0].numel(), self.rows)}
+        return {"busy_cycles": x.shape[0] * timing.eltwise_cycles(x[0].numel(), self.rows, 1)}
 
     @staticmethod
     def _check_shape(y: torch.Tensor, ins: Instr, pc: int) -> None:

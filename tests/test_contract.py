@@ -191,7 +191,8 @@ def test_cycle_model_reduction_split_and_column_tiles() -> None:
 
 def test_predictor_and_elementwise_cycles() -> None:
     assert timing.predictor_cycles(1000, rows=4, cols=8) == 32  # 31.25 rounded up
-    assert timing.eltwise_cycles(33, rows=16) == timing.LAYER_SETUP_CYCLES + 3 + timing.PIPE_CYCLES
+    assert timing.eltwise_cycles(33, rows=16, operands=1) == timing.LAYER_SETUP_CYCLES + 3 + timing.PIPE_CYCLES
+    assert timing.eltwise_cycles(33, rows=16, operands=2) == timing.LAYER_SETUP_CYCLES + 6 + timing.PIPE_CYCLES
     # 18 outputs of 2x2 windows on 4x4 PEs: 2 rounds of 4 cycles; average adds 18/4 -> 5 requantize cycles
     assert timing.pool_cycles(2, 3, 3, 2, 2, rows=4, cols=4, average=False) == (
         timing.LAYER_SETUP_CYCLES + 2 * 4 + timing.PIPE_CYCLES)

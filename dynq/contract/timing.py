@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 LAYER_SETUP_CYCLES = 8
-"""Instruction fetch, decode and precision-register read, per instruction."""
+"""Instruction fetch (two 32-bit words per cycle) and the checks of the fetched fields, per instruction."""
 PIPE_CYCLES = 4
-"""Multiplier, adder-tree and requantizer pipeline latency, paid once per tile."""
+"""Arena read, then the requantizer's three stages (product, rounding term, shift and clamp), paid once
+after the last read of an instruction (or tile)."""
 NOP_CYCLES = 1
 REDUCE_CYCLES = 4
 """Cross-lane adder tree of the reduction-split mapping (log2 of 16 lanes; fixed for every array)."""
@@ -204,9 +205,10 @@ def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, rows: int, co
     return LAYER_SETUP_CYCLES + ceil_div(outputs, rows * cols) * kh * kw + requant + PIPE_CYCLES
 
 
-def eltwise_cycles(elements: int, rows: int) -> int:
-    """ADD and MOVE: `rows` elements per cycle."""
-    return LAYER_SETUP_CYCLES + ceil_div(elements, rows) + PIPE_CYCLES
+def eltwise_cycles(elements: int, rows: int, operands: int) -> int:
+    """ADD and MOVE: `rows` consecutive elements per arena read (the arena has one byte bank per lane and one
+    read port), so MOVE reads one window per `rows` elements and ADD two."""
+    return LAYER_SETUP_CYCLES + operands * ceil_div(elements, rows) + PIPE_CYCLES
 
 
 def predictor_cycles(values: int, rows: int, cols: int) -> int:
