@@ -18,9 +18,11 @@ from dynq.contract import CONTRACT_VERSION, ErrorCode, Memory, Op, timing
 from dynq.contract import registers as rg
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.hdl.axil import addr_bits, axil_slave, word
-from dynq.hdl.lanes import SHIFT_SAT, eltwise_lane, signed_acc
+from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, eltwise_lane, signed_acc
 from dynq.hdl.memories import ram, window_ram
 
+RTL_OPS = (Op.NOP, Op.END, Op.MOVE, Op.ADD)
+"""The operations this core runs; any other opcode stops it with BAD_OPCODE."""
 FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
 """Instruction words the core reads; the rest of the record is reserved."""
 FETCH_PAIRS = -(-FETCH_WORDS // 2)
@@ -142,7 +144,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     cnt_out = [word() for _ in range(n_counters)]
     cnt_out_all = ConcatSignal(*reversed(cnt_out))
     cnt_sel = Signal(intbv(0)[log2(rg.COUNTER_STRIDE // 4):])
-    region_q = Signal(intbv(0)[2:])
     prec_sel = Signal(intbv(0)[2:])
 
     insts = [bus]
@@ -547,7 +548,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 if sh > shift_sat:
                     sh = shift_sat
                 shift.next = sh
-                rnd.next = (1 << sh) >> 1
+                half = intbv(0)[ACC_BITS + 1:]  # a full-width variable: the shift must not be done in 32 bits
+                half[:] = 1
+                half[:] = half << sh
+                rnd.next = half >> 1
                 rd_ptr_a.next = f_src0
                 rd_ptr_b.next = f_src1
                 wr_ptr.next = f_dst
@@ -585,7 +589,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 rd_ptr_a.next = rd_ptr_a + rows
             else:
                 second.next = 0
-                rd_ptr_a.next = rd_ptr_a + rows
+                if not is_add:
+                    rd_ptr_a.next = rd_ptr_a + rows
                 rd_ptr_b.next = rd_ptr_b + rows
                 wr_ptr.next = wr_ptr + rows
                 if left <= rows:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +23,9 @@ from dynq.errors import DynqError
 from dynq.runtime.artifacts import Build, open_build
 from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.energy import layer_energy_uj
+
+if TYPE_CHECKING:
+    from dynq.runtime.rtl import RtlDevice
 
 CHUNK = 64
 """Images emulated at once; bounds memory (SDP and the lock-step model expand tensors several-fold)."""
@@ -91,6 +94,7 @@ class Model:
         self.registers = build.preset(mode or build.manifest["mode"])
         self.mode = mode or build.manifest["mode"]
         self._host: dict[str, ort.InferenceSession] = {}
+        self._rtl: RtlDevice | None = None
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -137,8 +141,10 @@ class Model:
         return x
 
     def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
-            registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False) -> Result:
-        """Runs a batch on the emulator. `mode` picks a preset for this call only; `mask` is the
+            registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False,
+            backend: str = "emulator") -> Result:
+        """Runs a batch on `backend` ("emulator", or "rtl": the Verilator simulation of the generated core,
+        driven through its registers and streams). `mode` picks a preset for this call only; `mask` is the
         MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads; `trace` keeps every device tensor;
         `laconic` adds the Laconic term-serial comparison column to the report.
         Large batches run in chunks of CHUNK images so memory stays bounded."""
@@ -148,13 +154,33 @@ class Model:
         mask_t = None if mask is None else _mask_tensor(mask)
         counters: dict[int, dict[str, int]] = {}
         self.emulator.model_laconic = laconic
-        parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, trace) for i in range(0, len(x), CHUNK)]
+        device = self._device(backend)
+        parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, trace, device)
+                 for i in range(0, len(x), CHUNK)]
         outputs, raw, traced = ({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(3))
-        report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, "emulator")
+        report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, backend)
         return Result(outputs, raw, report, traced)
 
+    def _device(self, backend: str) -> Emulator | RtlDevice:
+        if backend == "emulator":
+            return self.emulator
+        if backend == "rtl":
+            if self._rtl is None:
+                from dynq.runtime.rtl import RtlDevice
+
+                self._rtl = RtlDevice(self.build)
+            return self._rtl
+        raise ValueError(f"unknown backend {backend!r}; use 'emulator' or 'rtl'")
+
+    def close(self) -> None:
+        """Stops the RTL simulator process, if one was started."""
+        if self._rtl is not None:
+            self._rtl.close()
+            self._rtl = None
+
     def _run_chunk(self, x: np.ndarray, regs: list[PrecisionRegs], mask: torch.Tensor | None,
-                   counters: dict[int, dict[str, int]], trace: bool) -> tuple[dict, dict, dict]:
+                   counters: dict[int, dict[str, int]], trace: bool,
+                   device: Emulator | RtlDevice) -> tuple[dict, dict, dict]:
         arena = self.emulator.new_arena(x.shape[0])
         floats: dict[str, np.ndarray] = {self.build.manifest["input"]["name"]: x}
         tensors = self.build.manifest["tensors"]
@@ -164,7 +190,7 @@ class Model:
             arena.write(inp["offset"], torch.from_numpy(q), inp["signed"], -1)
         for step in self.build.manifest["schedule"]:
             if step["kind"] == "device":
-                self.emulator.run_segment(arena, step["first"], step["count"], regs, mask, counters)
+                device.run_segment(arena, step["first"], step["count"], regs, mask, counters)
             else:
                 self._run_host(step, arena, floats, tensors)
         outputs, raw = {}, {}
