@@ -19,7 +19,7 @@ from dynq.contract import registers as rg
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.hdl.axil import addr_bits, axil_slave, word
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, eltwise_lane, signed_acc
-from dynq.hdl.memories import ram, window_ram
+from dynq.hdl.memories import ram, ram_bytes, window_ram
 
 RTL_OPS = (Op.NOP, Op.END, Op.MOVE, Op.ADD)
 """The operations this core runs; any other opcode stops it with BAD_OPCODE."""
@@ -261,20 +261,20 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     insts += [reset_logic, bus_decode, bus_write, bus_read_stage, bus_read_mux]
 
     # ---- memories ---------------------------------------------------------------------------------------
-    im_we0, im_we1 = Signal(bool(0)), Signal(bool(0))
+    im_we0, im_we1 = Signal(intbv(0)[4:]), Signal(intbv(0)[4:])
     im_wa, im_ra = Signal(modbv(0)[ipw:]), Signal(modbv(0)[ipw:])
     im_wd = word()
     im_rd0, im_rd1 = word(), word()
-    wm_we = Signal(bool(0))
+    wm_we = Signal(intbv(0)[4:])
     wm_wa, wm_ra = Signal(modbv(0)[wmw:]), Signal(modbv(0)[wmw:])
     wm_wd, wm_rd = word(), word()
     am_ra, am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
     am_rd, am_wd = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[8 * rows:])
     am_we = Signal(bool(0))
     am_mask = Signal(intbv(0)[rows:])
-    insts.append(ram(clk, im_we0, im_wa, im_wd, im_ra, im_rd0, imem_pairs))
-    insts.append(ram(clk, im_we1, im_wa, im_wd, im_ra, im_rd1, imem_pairs))
-    insts.append(ram(clk, wm_we, wm_wa, wm_wd, wm_ra, wm_rd, wmem_words))
+    insts.append(ram_bytes(clk, im_we0, im_wa, im_wd, im_ra, im_rd0, imem_pairs))
+    insts.append(ram_bytes(clk, im_we1, im_wa, im_wd, im_ra, im_rd1, imem_pairs))
+    insts.append(ram_bytes(clk, wm_we, wm_wa, wm_wd, wm_ra, wm_rd, wmem_words))
     insts.append(window_ram(clk, am_ra, am_rd, am_we, am_wa, am_wd, am_mask, rows, amem_depth))
 
     # ---- stream transfers ---------------------------------------------------------------------------------
@@ -289,36 +289,52 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     x_am_ra, x_am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
     x_am_we = Signal(bool(0))
     x_am_mask = Signal(intbv(0)[rows:])
+    x_bmask = Signal(intbv(0)[4:])  # bytes of the current beat inside the transfer
     x_am_wd = Signal(intbv(0)[8 * rows:])
     x_err = Signal(bool(0))
     x_beat = Signal(bool(0))
     x_ptr_q = word()
 
     @always_comb
+    def beat_mask():
+        if x_left >= 4:
+            x_bmask.next = 0xF
+        else:
+            x_bmask.next = (1 << x_left[2:]) - 1
+
+    @always_comb
     def xfer_comb():
         x_beat.next = x_state == x_state_t.LOAD and s_axis_tvalid
         s_axis_tready.next = x_state == x_state_t.LOAD or x_state == x_state_t.SWALLOW
         m_axis_tvalid.next = x_state == x_state_t.SEND
-        m_axis_tdata.next = x_word
+        # bytes past the end of a store are zero
+        if x_left >= 4:
+            m_axis_tdata.next = x_word
+        else:
+            m_axis_tdata.next = x_word & ((1 << (8 * x_left[2:])) - 1)
         m_axis_tlast.next = x_state == x_state_t.SEND and x_left <= 4
         words = x_ptr >> 2
         im_wa.next = words >> 1
         im_wd.next = s_axis_tdata
-        im_we0.next = x_beat and x_mem == m_instr and not words[0]
-        im_we1.next = x_beat and x_mem == m_instr and words[0]
+        im_we0.next = 0
+        im_we1.next = 0
+        if x_beat and x_mem == m_instr:
+            if words[0]:
+                im_we1.next = x_bmask
+            else:
+                im_we0.next = x_bmask
         x_im_ra.next = words >> 1
         wm_wa.next = words
         wm_ra.next = words
         wm_wd.next = s_axis_tdata
-        wm_we.next = x_beat and x_mem == m_weights
+        wm_we.next = 0
+        if x_beat and x_mem == m_weights:
+            wm_we.next = x_bmask
         x_am_wa.next = x_ptr
         x_am_ra.next = x_ptr
         x_am_we.next = x_beat and x_mem == m_arena
         x_am_wd.next = s_axis_tdata
-        if x_left >= 4:
-            x_am_mask.next = 0xF
-        else:
-            x_am_mask.next = (1 << x_left[2:]) - 1
+        x_am_mask.next = x_bmask
         # the word a store sends: the arena's first four lanes, or the selected instruction bank
         if x_mem == m_arena:
             x_rd_word.next = am_rd[32:]
@@ -403,7 +419,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                     x_left.next = x_left - 4
                     x_state.next = x_state_t.READ
 
-    insts += [xfer_comb, xfer_seq]
+    insts += [beat_mask, xfer_comb, xfer_seq]
 
     # ---- sequencer ----------------------------------------------------------------------------------------
     s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "WRITEBACK")

@@ -25,6 +25,21 @@ def ram(clk, we, waddr, wdata, raddr, rdata, depth: int):
 
 
 @block
+def ram_bytes(clk, we, waddr, wdata, raddr, rdata, depth: int):
+    """Word RAM with one write enable per byte (bit i of `we` writes byte i): a byte lane per RAM."""
+    lanes = len(we)
+    outs = [Signal(intbv(0)[8:]) for _ in range(lanes)]
+    insts = [ram(clk, we(i), waddr, wdata(8 * i + 8, 8 * i), raddr, outs[i], depth) for i in range(lanes)]
+    joined = ConcatSignal(*reversed(outs))
+
+    @always_comb
+    def join():
+        rdata.next = joined
+
+    return insts, join
+
+
+@block
 def window_ram(clk, rd_addr, rd_data, wr_en, wr_addr, wr_data, wr_mask, rows: int, depth: int):
     """`rows` (a power of two) byte banks of `depth` bytes. Read: `rd_data` (lane j = byte rd_addr + j) one cycle after
     `rd_addr`. Write: lanes j with `wr_mask[j]` set store byte j of `wr_data` at `wr_addr + j`."""
