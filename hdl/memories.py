@@ -86,7 +86,7 @@ def window_ram(clk, rd_addr, rd_data, wr_en, wr_addr, wr_data, wr_mask, rows: in
     insts.append(rotate_read)
 
     for b in range(rows):
-        insts.append(_bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, bank_raddr[b], bank_waddr[b],
+        insts.append(bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, bank_raddr[b], bank_waddr[b],
                                      bank_we[b], b, ob))
         insts.append(ram(clk, bank_we[b], bank_waddr[b], wr_banked(8 * b + 8, 8 * b), bank_raddr[b],
                          bank_out[b], depth))
@@ -94,7 +94,7 @@ def window_ram(clk, rd_addr, rd_data, wr_en, wr_addr, wr_data, wr_mask, rows: in
 
 
 @block
-def _bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, raddr, waddr, we, b: int, ob: int):
+def bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, raddr, waddr, we, b: int, ob: int):
     @always_comb
     def addresses():
         if b < rd_addr[ob:]:

