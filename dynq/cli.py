@@ -7,11 +7,15 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from dynq.errors import USER_ERRORS
+
+if TYPE_CHECKING:
+    from dynq.hdl.synth import Resources
 
 
 class _Group(click.Group):
@@ -188,6 +192,84 @@ def bench_cmd(quick: bool, suite: str | None, images: int, json_out: Path | None
         from dynq.contract.artifacts import write_atomic
 
         write_atomic(json_out, json.dumps(result, indent=1).encode())
+
+
+@main.group("hdl")
+def hdl_group() -> None:
+    """The overlay core's HDL (MyHDL sources in dynq.hdl)."""
+
+
+@hdl_group.command("synth")
+@click.option("--board", "-b", "board_names", multiple=True, metavar="NAME",
+              help="Board to synthesize for (see `dynq boards`). Repeatable.")
+@click.option("--all", "all_boards", is_flag=True, help="Every board.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON instead of a table: one object per board (a list with --all or several --board).")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Also write the table as markdown here.")
+def hdl_synth_cmd(board_names: tuple[str, ...], all_boards: bool, as_json: bool, markdown: Path | None) -> None:
+    """Yosys `synth_xilinx` resource estimate of the core: LUT, FF, DSP and BRAM36 against each part's capacity.
+
+    Synthesis takes a minute or more per board (progress on stderr); results are cached, so a rerun with
+    unchanged sources is instant. Regenerate the docs table with
+    `dynq hdl synth --all --markdown docs/resources.md`.
+    """
+    from dynq import boards
+    from dynq.contract.artifacts import write_atomic
+    from dynq.errors import UsageError
+    from dynq.hdl import synth
+
+    if all_boards == bool(board_names):
+        raise UsageError("give --board NAME (repeatable) or --all")
+    names = boards.names() if all_boards else list(dict.fromkeys(board_names))
+    for name in names:
+        boards.load(name)  # unknown names fail before any synthesis
+    if markdown is not None and not markdown.resolve().parent.is_dir():
+        raise UsageError(f"{markdown}: the directory {markdown.resolve().parent} does not exist; create it first")
+    results = [synth.synthesize(name) for name in names]
+    if markdown is not None:
+        selection = "--all" if all_boards else " ".join(f"--board {n}" for n in names)
+        write_atomic(markdown, synth.markdown(results, f"dynq hdl synth {selection} --markdown {markdown}").encode())
+    if as_json:
+        objs = [r.as_dict() for r in results]
+        click.echo(json.dumps(objs[0] if len(objs) == 1 and not all_boards else objs))
+        return
+    _print_resources(results)
+    if markdown is not None:
+        click.echo(f"wrote {markdown}")
+
+
+def _print_resources(results: list[Resources]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dynq import boards
+    from dynq.hdl.synth import command
+
+    table = Table(title="dynq core, Yosys synth_xilinx estimate (not Vivado): used / capacity (share)")
+    for col in ("board", "array", "LUT", "LUT-RAM", "FF", "DSP", "BRAM36", "Yosys s"):
+        table.add_column(col, justify="left" if col in ("board", "array") else "right")
+    for r in results:
+        b = boards.load(r.board)
+        util = r.utilization()
+        cells = [_used_of(r.lut, r.capacity.get("lut"), util.get("lut")),
+                 _used_of(r.lutram, None, util.get("lutram")),
+                 _used_of(r.ff, r.capacity.get("ff"), util.get("ff")),
+                 _used_of(r.dsp, r.capacity.get("dsp"), util.get("dsp")),
+                 _used_of(r.bram36, r.capacity.get("bram36"), util.get("bram36"))]
+        table.add_row(r.board, f"{b.arch.rows}x{b.arch.cols}", *cells, f"{r.seconds:.0f}")
+    Console(width=160).print(table)
+    families = sorted({boards.load(r.board).family for r in results})
+    click.echo("Yosys: " + "; ".join(command(f) for f in families) + ". LUT-RAM (distributed RAM, SRLs) "
+               "occupies LUTs too (share of the LUT capacity): total LUTs = LUT + LUT-RAM.")
+
+
+def _used_of(used: float, cap: int | None, share: float | None) -> str:
+    """`used / cap (share)`, or `used (share)` without cap; red when over capacity."""
+    text = f"{used:,g}" if isinstance(used, float) else f"{used:,}"
+    if share is None:
+        return text
+    text = f"{text} / {cap:,} ({share:.1%})" if cap else f"{text} ({share:.1%})"
+    return text if share <= 1 else f"[bold red]{text}[/]"
 
 
 if __name__ == "__main__":
