@@ -94,7 +94,9 @@ def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, 
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), required=True,
               help="Input batch, float32 [N,C,H,W] .npy (or the first array of an .npz).")
-@click.option("--backend", type=click.Choice(["emulator"]), default="emulator", show_default=True)
+@click.option("--backend", type=click.Choice(["emulator", "rtl"]), default="emulator", show_default=True,
+              help="emulator: the bit-exact software model. rtl: the Verilator simulation of the generated core, "
+              "driven through its registers and streams (first use builds it, ~30 s; then cached).")
 @click.option("--board", help="Refuse to run unless the build matches this board's architecture.")
 @click.option("--mode", type=click.Choice(["int8", "drq", "sdp", "daq"]), help="Precision preset to run with.")
 @click.option("--mask", type=click.Path(path_type=Path), help="DAQ region mask, 16x16 .npy of 0/1/2.")
@@ -113,7 +115,10 @@ def run_cmd(build_dir: Path, input_path: Path, backend: str, board: str | None, 
             raise UsageError(f"{path}: the directory {path.resolve().parent} does not exist; create it first")
     model = dynq.load(build_dir, board=board, mode=mode)
     x = _load_array(input_path, "the input")
-    result = model.run(x, mask=_load_array(mask, "the mask") if mask else None)
+    try:
+        result = model.run(x, mask=_load_array(mask, "the mask") if mask else None, backend=backend)
+    finally:
+        model.close()
     name = next(iter(result.outputs))
     array = result.raw[name] if raw else result.outputs[name]
     if raw and name not in result.raw:
@@ -197,6 +202,34 @@ def bench_cmd(quick: bool, suite: str | None, images: int, json_out: Path | None
 @main.group("hdl")
 def hdl_group() -> None:
     """The overlay core's HDL (MyHDL sources in dynq.hdl)."""
+
+
+@hdl_group.command("generate")
+@click.option("--board", "-b", default="pynq-z2", show_default=True, help="Board (see `dynq boards`).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--vhdl", is_flag=True, help="Also write VHDL (MyHDL's VHDL converter; not simulated here).")
+@click.option("--no-lint", is_flag=True, help="Skip `verilator --lint-only -Wall` of the Verilog.")
+def hdl_generate_cmd(board: str, out_dir: Path, vhdl: bool, no_lint: bool) -> None:
+    """Convert the MyHDL core to Verilog for one board and lint it with Verilator (-Wall, with the justified
+    waivers of hdl/lint.vlt). Writes OUT/dynq_core.v (and dynq_core.vhd with --vhdl)."""
+    import shutil
+    import tempfile
+
+    from dynq import boards
+    from dynq.hdl.generate import generate, lint
+
+    boards.load(board)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dynq-hdl-", dir=out_dir) as tmp:
+        written = [generate(board, Path(tmp))]
+        if vhdl:
+            written.append(generate(board, Path(tmp), hdl="VHDL"))
+        if not no_lint:
+            lint(written[0])
+        for path in Path(tmp).iterdir():
+            shutil.move(str(path), out_dir / path.name)
+    for path in written:
+        click.echo(f"wrote {out_dir / path.name}" + ("" if no_lint or path.suffix != ".v" else " (lint clean)"))
 
 
 @hdl_group.command("synth")

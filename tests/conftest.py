@@ -81,3 +81,9 @@ def host_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def images(n: int, shape: tuple[int, ...], seed: int = 0, signed: bool = False) -> np.ndarray:
     x = np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
     return (2 * x - 1) if signed else x
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--rtl-cases", type=int, default=200,
+                     help="random single-layer programs run on the RTL and the emulator (default 200)")
+    parser.addoption("--rtl-seed", type=int, default=2026, help="seed of the random RTL programs")

@@ -1,0 +1,169 @@
+"""The RTL core against the emulator: random single-layer programs agree bit for bit and cycle for cycle,
+bad programs stop the core with the emulator's error code, and `dynq run --backend rtl` matches the
+emulator. More programs: `pytest tests/test_rtl.py --rtl-cases 2000 --rtl-seed 7`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+import dynq
+from dynq.boards import load as load_board
+from dynq.cli import main
+from dynq.contract import ErrorCode, Memory, Op, encode
+from dynq.contract import registers as rg
+from dynq.hdl.sim import RtlSim, bit, build, reg
+from dynq.runtime.emulator import DeviceError, Emulator
+from dynq.runtime.rtl import RtlDevice, RtlUnsupported
+from tests.rtl_cases import ARENA_BYTES, Case, case_build, random_cases
+
+BOARD = "pynq-z2"
+AMEM = load_board(BOARD).arch.amem_bytes
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with RtlSim(BOARD, binary=build(BOARD), timeout=120) as s:
+        yield s
+
+
+def _emulate(case: Case) -> tuple[bytes, dict[int, dict[str, int]]]:
+    emu = Emulator(case.build)
+    arena = emu.new_arena(1)
+    arena.restore(0, case.arena)
+    counters: dict[int, dict[str, int]] = {}
+    emu.run_segment(arena, 0, len(case.build.instructions), case.registers, None, counters)
+    return arena.snapshot(0), counters
+
+
+def _on_rtl(case: Case, sim: RtlSim) -> tuple[bytes, dict[int, dict[str, int]]]:
+    device = RtlDevice(case.build, sim)
+    arena = Emulator(case.build).new_arena(1)
+    arena.restore(0, case.arena)
+    counters: dict[int, dict[str, int]] = {}
+    device.run_segment(arena, 0, len(case.build.instructions), case.registers, None, counters)
+    return arena.snapshot(0), counters
+
+
+def test_random_programs_agree(sim: RtlSim, request: pytest.FixtureRequest) -> None:
+    count, seed = request.config.getoption("--rtl-cases"), request.config.getoption("--rtl-seed")
+    cases = random_cases(load_board(BOARD), count, seed)
+    assert {c.build.instructions[0].op for c in cases} == {Op.MOVE, Op.ADD}
+    for case in cases:
+        want_bytes, want = _emulate(case)
+        got_bytes, got = _on_rtl(case, sim)
+        assert got_bytes == want_bytes, f"{case.name}: arena differs at byte " + str(
+            next(i for i, (a, b) in enumerate(zip(got_bytes, want_bytes, strict=True)) if a != b))
+        assert set(got) == set(want)
+        for layer, counters in want.items():
+            for name in rg.COUNTERS:
+                assert got[layer][name] == counters.get(name, 0), f"{case.name}: {name}"
+
+
+def _raw_case(program: bytes, arena_bytes: int = ARENA_BYTES) -> Case:
+    return Case("raw", case_build(load_board(BOARD), "raw", program, b"", arena_bytes), bytes(arena_bytes))
+
+
+@pytest.mark.parametrize("program, code, pc", [
+    (encode(Op.MOVE, src0=AMEM - 10, dst=0, cin=1, ih=1, iw=20, mult0=1) + encode(Op.END), ErrorCode.ADDR_RANGE, 0),
+    (encode(Op.NOP) + encode(Op.ADD, src0=0, src1=1 << 30, dst=64, cin=2, ih=3, iw=4) + encode(Op.END),
+     ErrorCode.ADDR_RANGE, 1),
+    (encode(Op.NOP) + encode(Op.NOP), ErrorCode.ADDR_RANGE, 2),
+], ids=["source-past-arena", "operand-far-out", "no-end"])
+def test_bad_programs_stop_like_the_emulator(sim: RtlSim, program: bytes, code: ErrorCode, pc: int) -> None:
+    case = _raw_case(program, AMEM)  # the emulator's arena is as large as the core's: same range checks
+    with pytest.raises(DeviceError) as emulated:
+        _emulate(case)
+    with pytest.raises(DeviceError) as simulated:
+        _on_rtl(case, sim)
+    assert (simulated.value.code, simulated.value.pc) == (emulated.value.code, emulated.value.pc) == (code, pc)
+    status = sim.read(reg("STATUS"))
+    assert status & bit("STATUS", "error") and not status & bit("STATUS", "done")
+    assert sim.read(reg("ERROR")) == code and sim.read(reg("ERROR_PC")) == pc
+
+
+def test_unknown_opcode_stops_the_core(sim: RtlSim) -> None:
+    """An opcode the contract does not define (decoders refuse it before any emulation) stops the core."""
+    unknown = next(v for v in range(16) if v not in set(Op))
+    record = bytearray(encode(Op.NOP))
+    record[0] = (record[0] & 0xF0) | unknown
+    program = encode(Op.NOP) + bytes(record) + encode(Op.END)
+    sim.load(Memory.INSTR, 0, program)
+    with pytest.raises(DeviceError) as err:
+        sim.run_segment(0, 3, max_cycles=1000)
+    assert (err.value.code, err.value.pc) == (ErrorCode.BAD_OPCODE, 1)
+    assert not sim.read(reg("STATUS")) & bit("STATUS", "done")
+
+
+def _eltwise_model(path: Path) -> Path:
+    """Two inputs' worth of element-wise work: y = concat(x + x*0.5 rescaled, x) exercises ADD and MOVE."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])
+    half = helper.make_tensor("half", TensorProto.FLOAT, [1], [0.5])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "half"], ["h"]),
+             helper.make_node("Add", ["r", "h"], ["s"]), helper.make_node("Concat", ["s", "r"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "eltwise", [x], [y], [half])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def eltwise_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eltwise")
+    calib = np.random.default_rng(0).normal(size=(8, 3, 8, 8)).astype(np.float32)
+    dynq.compile(_eltwise_model(root / "eltwise.onnx"), BOARD, root / "build", calib=calib)
+    return root / "build"
+
+
+def test_model_on_rtl_matches_emulator_every_tensor(eltwise_build: Path) -> None:
+    """Device segments on the RTL around a host partition: every device tensor and every counter agree."""
+    x = np.random.default_rng(1).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    model = dynq.load(eltwise_build)
+    kinds = [i.op for i in model.build.instructions]
+    assert Op.ADD in kinds and Op.MOVE in kinds and any(s["kind"] == "host" for s in model.build.manifest["schedule"])
+    try:
+        emulated = model.run(x, trace=True)
+        simulated = model.run(x, trace=True, backend="rtl")
+    finally:
+        model.close()
+    assert simulated.report.backend == "rtl"
+    for name, tensor in emulated.tensors.items():
+        np.testing.assert_array_equal(simulated.tensors[name], tensor, err_msg=name)
+    for want, got in zip(emulated.report.layers, simulated.report.layers, strict=True):
+        assert (got.name, got.cycles) == (want.name, want.cycles)
+        assert want.cycles > 0
+
+
+def test_cli_backend_rtl(eltwise_build: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(2).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    outputs = {}
+    for backend in ("emulator", "rtl"):
+        result = CliRunner().invoke(main, ["run", str(eltwise_build), "-i", str(tmp_path / "x.npy"), "--backend",
+                                           backend, "-o", str(tmp_path / f"{backend}.npy"), "--report",
+                                           str(tmp_path / f"{backend}.json")])
+        assert result.exit_code == 0, result.output
+        outputs[backend] = np.load(tmp_path / f"{backend}.npy")
+    np.testing.assert_array_equal(outputs["rtl"], outputs["emulator"])
+
+
+def test_rtl_refuses_ops_it_lacks() -> None:
+    program = encode(Op.CONV, cin=1, cout=1, ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, groups=1) + encode(Op.END)
+    case = _raw_case(program)
+    with pytest.raises(RtlUnsupported, match="CONV"):
+        RtlDevice(case.build)  # refused before any simulator starts
+
+
+def test_generate_writes_lint_clean_verilog_and_vhdl(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["hdl", "generate", "--board", "ultra96-v2", "-o", str(tmp_path), "--vhdl"])
+    assert result.exit_code == 0, result.output
+    assert "lint clean" in result.output
+    verilog = (tmp_path / "dynq_core.v").read_text()
+    assert "module dynq_core" in verilog and (tmp_path / "dynq_core.vhd").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
