@@ -184,14 +184,21 @@ def docs_cmd(check: bool, root: Path) -> None:
 
 @main.command("bench")
 @click.option("--quick", is_flag=True, help="Accuracy/cycles table of the bundled models on MNIST (minutes).")
-@click.option("--suite", type=click.Choice(["quick", "speed"]), help="'speed': emulator vs onnxruntime timing.")
+@click.option("--suite", type=click.Choice(["quick", "speed", "rtl"]),
+              help="'speed': emulator vs onnxruntime timing; 'rtl': simulated cycles per second of the pynq-z2 core.")
 @click.option("--images", type=int, default=1000, show_default=True, help="Test images per model.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 def bench_cmd(quick: bool, suite: str | None, images: int, json_out: Path | None) -> None:
-    """Benchmarks: accuracy and cycles per mode (--quick), or emulator speed (--suite speed)."""
+    """Benchmarks: accuracy and cycles per mode (--quick), emulator speed (--suite speed), or RTL simulation
+    speed (--suite rtl)."""
     from dynq import bench
 
     suite = suite or "quick"
+    if suite == "rtl":
+        from dynq.hdl.bench_sim import main as rtl_bench
+
+        rtl_bench([])
+        return
     result = bench.speed() if suite == "speed" else bench.quick(images)
     if json_out:
         from dynq.contract.artifacts import write_atomic
