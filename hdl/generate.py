@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import subprocess
+import sys
+import tempfile
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 from dynq.boards import load
@@ -11,6 +17,14 @@ from dynq.errors import DynqError
 from dynq.hdl.core import dynq_core, ports
 
 TOP = "dynq_core"
+HERE = Path(__file__).resolve().parent
+_NOT_CORE = frozenset({"sim.py", "bench_sim.py", "synth.py"})
+"""Modules of `dynq.hdl` that drive or measure the converted core rather than make it."""
+_HEADER_LINE = re.compile(r"^// (File|Date):.*\n", re.MULTILINE)
+
+
+class ConversionError(DynqError, RuntimeError):
+    """MyHDL could not convert the core."""
 
 
 def generate(board_name: str, out_dir: Path, hdl: str = "Verilog") -> Path:
@@ -39,3 +53,59 @@ def lint(verilog: Path) -> None:
     if proc.returncode != 0:
         findings = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("%")]
         raise LintError(f"{verilog}: verilator -Wall reports {len(findings)} finding(s): " + " | ".join(findings[:8]))
+
+
+def normalized(verilog_text: str) -> str:
+    """The Verilog without MyHDL's `// File:` / `// Date:` header lines (path and time of conversion)."""
+    return _HEADER_LINE.sub("", verilog_text)
+
+
+def sources_key(board_name: str) -> str:
+    """Hash of everything the converted Verilog depends on: the core's `dynq.hdl` modules, `dynq.contract`,
+    `dynq.errors`, the board loader and board file, and the MyHDL version."""
+    import dynq.contract
+    import dynq.errors
+    from dynq import boards
+
+    board_dir = Path(boards.__file__).resolve().parent
+    files = [Path(dynq.errors.__file__).resolve(), board_dir / "__init__.py", board_dir / f"{board_name}.toml"]
+    files += sorted(Path(dynq.contract.__file__).resolve().parent.glob("*.py"))
+    files += sorted(p for p in HERE.glob("*.py") if p.name not in _NOT_CORE)
+    h = hashlib.sha256(f"{board_name}\0{metadata.version('myhdl')}\0".encode())
+    for p in files:
+        h.update(f"{p.parent.name}/{p.name}\0".encode())
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def cached_verilog(board_name: str, quiet: bool = True) -> str:
+    """The core's Verilog for `board_name` (normalized), converted once per version of its sources.
+
+    MyHDL's output depends on the process: signal order follows Python's string hashing, and instance names
+    gain suffixes when a block was converted before in the same process. The conversion therefore runs in a
+    fresh interpreter with PYTHONHASHSEED=0, so the same sources always give the same text (and the same
+    simulator and synthesis cache keys)."""
+    from dynq.zoo._atomic import atomic_path
+    from dynq.zoo.data import cache_dir
+
+    key = sources_key(board_name)
+    path = cache_dir() / "hdl" / f"{key}.v"
+    if path.is_file():
+        return path.read_text()
+    if not quiet:
+        print(f"dynq: converting the MyHDL core to Verilog for {board_name} ...", file=sys.stderr, flush=True)
+    code = "import sys; from pathlib import Path; from dynq.hdl.generate import generate; " \
+           "generate(sys.argv[1], Path(sys.argv[2]))"
+    with tempfile.TemporaryDirectory(prefix="dynq-hdl-") as tmp:
+        proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, board_name, tmp], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        out = Path(tmp) / f"{TOP}.v"
+        if proc.returncode != 0 or not out.is_file():
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise ConversionError(f"cannot convert the MyHDL core to Verilog for board {board_name}: {last}")
+        text = normalized(out.read_text())
+    if sources_key(board_name) == key:  # not edited during the conversion
+        with atomic_path(path) as tmp_path:
+            tmp_path.write_text(text)
+    return text

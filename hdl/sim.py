@@ -26,7 +26,6 @@ import collections
 import hashlib
 import json
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 from dynq.contract import ErrorCode, Memory
 from dynq.contract import registers as rg
 from dynq.errors import DynqError
+from dynq.hdl.generate import cached_verilog, normalized
 
 TB_TOP = "dynq_tb"
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,6 @@ STALE_BUILD_SECONDS = 6 * 3600
 HANDSHAKE_CYCLES = 1_000_000
 """Cycles the testbench waits for any one handshake before it stops with `E timeout`."""
 
-_HEADER_LINE = re.compile(r"^// (File|Date):.*\n", re.MULTILINE)
 
 
 class RtlSimError(DynqError, RuntimeError):
@@ -125,11 +124,6 @@ def verilator_env() -> dict[str, str]:
     return env
 
 
-def normalized(verilog_text: str) -> str:
-    """The Verilog without MyHDL's `// File:` / `// Date:` header lines (path and time of conversion)."""
-    return _HEADER_LINE.sub("", verilog_text)
-
-
 def build_key(verilog_text: str) -> str:
     h = hashlib.sha256()
     for part in (normalized(verilog_text), TB_SOURCE.read_text(), LINT_WAIVERS.read_text(), verilator_version(),
@@ -139,56 +133,12 @@ def build_key(verilog_text: str) -> str:
     return h.hexdigest()
 
 
-_NOT_CORE = frozenset({"sim.py", "bench_sim.py", "synth.py"})
-"""Modules of `dynq.hdl` that drive the converted core rather than make it."""
-
-
-def _sources_key(board_name: str) -> str:
-    """Hash of everything the converted Verilog depends on: the packages `dynq.hdl.generate` imports
-    (`dynq.hdl`, `dynq.contract`, `dynq.boards` with every board file, `dynq`'s own modules) and the MyHDL
-    version. Whole packages, not the modules loaded now, so the key does not depend on the caller."""
-    import dynq
-    import dynq.boards
-    import dynq.contract
-
-    top = Path(dynq.__file__).resolve().parent
-    files = set(top.glob("*.py"))
-    for pkg in (dynq.boards, dynq.contract):
-        files.update(Path(pkg.__file__).resolve().parent.glob("*.py"))
-    files.update(Path(dynq.boards.__file__).resolve().parent.glob("*.toml"))
-    files.update(p for p in HERE.glob("*.py") if p.name not in _NOT_CORE)
-    h = hashlib.sha256(f"{board_name}\0{metadata.version('myhdl')}\0".encode())
-    for p in sorted(files):
-        h.update(f"{p.parent.name}/{p.name}\0".encode())
-        h.update(p.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def verilog(board_name: str, *, quiet: bool = True) -> str:
-    """The core's Verilog for `board_name` (normalized), converted once per version of its sources."""
-    from dynq.zoo._atomic import atomic_path
-
-    path = cache_root() / "verilog" / f"{_sources_key(board_name)}.v"
-    if path.is_file():
-        return path.read_text()
-    from dynq.hdl.generate import generate
-
-    if not quiet:
-        print(f"dynq: converting the MyHDL core to Verilog for {board_name} ...", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="dynq-rtl-") as tmp:
-        text = normalized(generate(board_name, Path(tmp)).read_text())
-    with atomic_path(path) as tmp_path:
-        tmp_path.write_text(text)
-    return text
-
-
 def build(board_name: str = "pynq-z2", *, verilog_file: Path | None = None, quiet: bool = True) -> Path:
     """Builds (or finds in the cache) the simulator of the core for `board_name`; returns the binary.
 
     `verilog_file` simulates that Verilog (top `dynq_core`) instead of converting the MyHDL sources.
     Raises RtlSimError with the end of Verilator's log if the build fails."""
-    text = normalized(verilog_file.read_text()) if verilog_file else verilog(board_name, quiet=quiet)
+    text = normalized(verilog_file.read_text()) if verilog_file else cached_verilog(board_name, quiet=quiet)
     key = build_key(text)
     root = cache_root()
     final = root / key

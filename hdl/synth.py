@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 
 from dynq import boards
 from dynq.errors import DynqError
+from dynq.hdl.generate import cached_verilog, normalized
 
 TOP = "dynq_core"
 KINDS = ("lut", "ff", "dsp", "bram36")
@@ -65,7 +65,6 @@ _FF = re.compile(r"^(FD|LD)[A-Z0-9_]*$")
 _DSP = re.compile(r"^DSP48E[12]$")
 _BRAM = {"RAMB36E1": 1.0, "RAMB36E2": 1.0, "FIFO36E1": 1.0, "FIFO36E2": 1.0,
          "RAMB18E1": 0.5, "RAMB18E2": 0.5, "FIFO18E1": 0.5, "FIFO18E2": 0.5}
-_HEADER_LINE = re.compile(r"^// (File|Date):.*\n", re.MULTILINE)
 
 
 class SynthError(DynqError, RuntimeError):
@@ -191,11 +190,6 @@ def cache_dir() -> Path:
     return root()
 
 
-def normalized(verilog_text: str) -> str:
-    """The Verilog without MyHDL's `// File:` / `// Date:` header lines (path and time of conversion)."""
-    return _HEADER_LINE.sub("", verilog_text)
-
-
 def cache_key(verilog_text: str, family: str) -> str:
     h = hashlib.sha256()
     aux = _aux_files(family)
@@ -213,7 +207,7 @@ def synthesize(board_name: str, *, verilog: Path | None = None, quiet: bool = Fa
     unknown board and SynthError if Yosys fails."""
     board = boards.load(board_name)
     if verilog is None:
-        text = _generated_verilog(board_name, quiet)
+        text = cached_verilog(board_name, quiet)
     else:
         try:
             text = Path(verilog).read_text()
@@ -295,54 +289,6 @@ def _failure(board_name: str, family: str, proc: subprocess.CompletedProcess, lo
     shown = " | ".join(lines[-tail:]) or "(no output)"
     return (f"Yosys `{command(family)}` failed for board {board_name} (exit {proc.returncode}); "
             f"end of its log: {shown}{where}")
-
-
-def _generated_verilog(board_name: str, quiet: bool) -> str:
-    """The core's Verilog for `board_name`, converted once per version of its sources (cached).
-
-    MyHDL's output depends on the process: signal order follows Python's string hashing, and instance
-    names gain suffixes when a block was converted before in the same process. The conversion therefore
-    runs in a fresh interpreter with PYTHONHASHSEED=0, so the same sources always give the same text (and
-    the same Yosys cache key)."""
-    key = _sources_key(board_name)
-    path = cache_dir() / "hdl" / f"{key}.v"
-    if path.is_file():
-        return path.read_text()
-    if not quiet:
-        print(f"dynq: converting the MyHDL core to Verilog for {board_name} ...", file=sys.stderr, flush=True)
-    code = ("import sys, warnings; from pathlib import Path; warnings.simplefilter('ignore'); "
-            "from dynq.hdl.generate import generate; generate(sys.argv[1], Path(sys.argv[2]))")
-    with tempfile.TemporaryDirectory(prefix="dynq-hdl-") as tmp:
-        proc = subprocess.run([sys.executable, "-c", code, board_name, tmp], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONHASHSEED": "0"})
-        out = Path(tmp) / f"{TOP}.v"
-        if proc.returncode != 0 or not out.is_file():
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise SynthError(f"cannot convert the MyHDL core to Verilog for board {board_name}: {last}")
-        text = out.read_text()
-    if _sources_key(board_name) == key:  # not edited during the conversion
-        _write_atomic(path, text.encode())
-    return text
-
-
-def _sources_key(board_name: str) -> str:
-    """Hash of everything the generated Verilog depends on: the `dynq.hdl` (but this file) and `dynq.contract`
-    Python sources, the board package and file, and the MyHDL version."""
-    import dynq.contract
-    import dynq.hdl
-
-    h = hashlib.sha256()
-    board_dir = Path(boards.__file__).parent
-    files = [board_dir / "__init__.py", board_dir / f"{board_name}.toml"]
-    for pkg in (dynq.hdl, dynq.contract):
-        root = Path(pkg.__file__).parent
-        files += sorted(p for p in root.rglob("*.py") if p.name != "synth.py")
-    for p in files:
-        h.update(f"{p.parent.name}/{p.name}\0".encode())
-        h.update(p.read_bytes())
-        h.update(b"\0")
-    h.update(metadata.version("myhdl").encode())
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
