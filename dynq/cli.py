@@ -97,13 +97,15 @@ def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, 
 @click.option("--backend", type=click.Choice(["emulator", "rtl"]), default="emulator", show_default=True,
               help="emulator: the bit-exact software model. rtl: the Verilator simulation of the generated core, "
               "driven through its registers and streams (first use builds it, ~30 s; then cached).")
+@click.option("--verify", is_flag=True, help="With --backend rtl: also run the emulator and stop at the first layer "
+              "whose output tensor or cycle counters differ.")
 @click.option("--board", help="Refuse to run unless the build matches this board's architecture.")
 @click.option("--mode", type=click.Choice(["int8", "drq", "sdp", "daq"]), help="Precision preset to run with.")
 @click.option("--mask", type=click.Path(path_type=Path), help="DAQ region mask, 16x16 .npy of 0/1/2.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Output .npy.")
 @click.option("--raw", is_flag=True, help="Write the integer output tensor instead of dequantized float32.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-layer JSON report here.")
-def run_cmd(build_dir: Path, input_path: Path, backend: str, board: str | None, mode: str | None,
+def run_cmd(build_dir: Path, input_path: Path, backend: str, verify: bool, board: str | None, mode: str | None,
             mask: Path | None, output: Path, raw: bool, report: Path | None) -> None:
     """Run a compiled build on a batch of inputs."""
     import dynq
@@ -116,7 +118,7 @@ def run_cmd(build_dir: Path, input_path: Path, backend: str, board: str | None, 
     model = dynq.load(build_dir, board=board, mode=mode)
     x = _load_array(input_path, "the input")
     try:
-        result = model.run(x, mask=_load_array(mask, "the mask") if mask else None, backend=backend)
+        result = model.run(x, mask=_load_array(mask, "the mask") if mask else None, backend=backend, verify=verify)
     finally:
         model.close()
     name = next(iter(result.outputs))
@@ -127,8 +129,9 @@ def run_cmd(build_dir: Path, input_path: Path, backend: str, board: str | None, 
     if report:
         write_atomic(report, json.dumps(result.report.to_json(), indent=1).encode())
     r = result.report
+    checked = ", every layer equal to the emulator" if verify and backend != "emulator" else ""
     click.echo(f"ran {x.shape[0]} input(s) on the {r.backend} ({r.mode}): {r.total_cycles} cycles, "
-               f"{r.energy_uj:.1f} uJ estimated -> {output}")
+               f"{r.energy_uj:.1f} uJ estimated{checked} -> {output}")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -35,6 +35,10 @@ class InputError(DynqError, ValueError):
     """The input array does not match what the model was compiled for."""
 
 
+class VerifyError(DynqError, RuntimeError):
+    """A backend's result differs from the emulator's; the message names the first layer, tensor and element."""
+
+
 @dataclass
 class LayerReport:
     index: int
@@ -142,11 +146,13 @@ class Model:
 
     def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
             registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False,
-            backend: str = "emulator") -> Result:
+            backend: str = "emulator", verify: bool = False) -> Result:
         """Runs a batch on `backend` ("emulator", or "rtl": the Verilator simulation of the generated core,
         driven through its registers and streams). `mode` picks a preset for this call only; `mask` is the
         MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads; `trace` keeps every device tensor;
-        `laconic` adds the Laconic term-serial comparison column to the report.
+        `laconic` adds the Laconic term-serial comparison column to the report. `verify` (for a backend other
+        than the emulator) also runs the emulator and raises VerifyError at the first layer whose output
+        tensor or counters differ.
         Large batches run in chunks of CHUNK images so memory stays bounded."""
         x = self.check_input(x)
         regs = registers or (self.build.preset(mode) if mode else self.registers)
@@ -155,11 +161,33 @@ class Model:
         counters: dict[int, dict[str, int]] = {}
         self.emulator.model_laconic = laconic
         device = self._device(backend)
-        parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, trace, device)
+        keep = trace or (verify and backend != "emulator")
+        parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, keep, device)
                  for i in range(0, len(x), CHUNK)]
         outputs, raw, traced = ({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(3))
         report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, backend)
-        return Result(outputs, raw, report, traced)
+        result = Result(outputs, raw, report, traced)
+        if verify and backend != "emulator":
+            reference = self.run(x, mode, mask, registers, trace=True)
+            self._compare(result, reference, backend)
+            if not trace:
+                result.tensors = {}
+        return result
+
+    def _compare(self, result: Result, reference: Result, backend: str) -> None:
+        """Layer by layer (the arena never reuses a tensor's bytes, so final contents are each layer's output)."""
+        for layer, want in zip(self.layers, reference.report.layers, strict=True):
+            name = layer["output"]
+            got, expected = result.tensors.get(name), reference.tensors.get(name)
+            if got is not None and expected is not None and not np.array_equal(got, expected):
+                index = tuple(int(i) for i in np.argwhere(got != expected)[0])
+                raise VerifyError(f"{backend} differs from the emulator at layer {layer['index']} "
+                                  f"({layer['name']}): tensor {name!r} element {list(index)} is {got[index]}, "
+                                  f"the emulator has {expected[index]}")
+            have = result.report.layers[layer["index"]]
+            if have.cycles != want.cycles:
+                raise VerifyError(f"{backend} differs from the emulator at layer {layer['index']} "
+                                  f"({layer['name']}): {have.cycles} busy cycles, the emulator counts {want.cycles}")
 
     def _device(self, backend: str) -> Emulator | RtlDevice:
         if backend == "emulator":

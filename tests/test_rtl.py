@@ -18,7 +18,8 @@ from dynq.cli import main
 from dynq.contract import ErrorCode, Memory, Op, encode
 from dynq.contract import registers as rg
 from dynq.hdl.sim import RtlSim, bit, build, reg
-from dynq.runtime.emulator import DeviceError, Emulator
+from dynq.runtime.emulator import Arena, DeviceError, Emulator
+from dynq.runtime.model import VerifyError
 from dynq.runtime.rtl import RtlDevice, RtlUnsupported
 from tests.rtl_cases import ARENA_BYTES, Case, case_build, random_cases
 
@@ -101,7 +102,7 @@ def test_unknown_opcode_stops_the_core(sim: RtlSim) -> None:
 
 
 def _eltwise_model(path: Path) -> Path:
-    """Two inputs' worth of element-wise work: y = concat(x + x*0.5 rescaled, x) exercises ADD and MOVE."""
+    """y = concat(relu(x) + 0.5 relu(x), relu(x)): ADD and MOVE on the overlay around a host Mul."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])
     half = helper.make_tensor("half", TensorProto.FLOAT, [1], [0.5])
@@ -129,7 +130,7 @@ def test_model_on_rtl_matches_emulator_every_tensor(eltwise_build: Path) -> None
     assert Op.ADD in kinds and Op.MOVE in kinds and any(s["kind"] == "host" for s in model.build.manifest["schedule"])
     try:
         emulated = model.run(x, trace=True)
-        simulated = model.run(x, trace=True, backend="rtl")
+        simulated = model.run(x, trace=True, backend="rtl", verify=True)
     finally:
         model.close()
     assert simulated.report.backend == "rtl"
@@ -167,3 +168,23 @@ def test_generate_writes_lint_clean_verilog_and_vhdl(tmp_path: Path) -> None:
     verilog = (tmp_path / "dynq_core.v").read_text()
     assert "module dynq_core" in verilog and (tmp_path / "dynq_core.vhd").is_file()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_verify_names_the_first_differing_layer(eltwise_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device whose arena comes back with one wrong byte in the ADD's output is caught at that layer."""
+    model = dynq.load(eltwise_build)
+    add = next(i for i in model.build.instructions if i.op == Op.ADD)
+    restore = Arena.restore
+
+    def corrupt(arena: Arena, image: int, data: bytes) -> None:
+        damaged = bytearray(data)
+        damaged[add.dst + 5] ^= 0x01
+        restore(arena, image, bytes(damaged))
+
+    monkeypatch.setattr("dynq.runtime.rtl.Arena.restore", corrupt)
+    x = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    try:
+        with pytest.raises(VerifyError, match=rf"at layer {add.layer} .*element \[0, 0, 0, 5\]"):
+            model.run(x, backend="rtl", verify=True)
+    finally:
+        model.close()
