@@ -102,7 +102,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def speed(board: str = "pynq-z2", repeats: int = 10) -> dict[str, Any]:
+def speed(board: str = "pynq-z2", repeats: int = 20) -> dict[str, Any]:
     """Emulator wall time for ResNet-18 (224x224, random weights, calibrated) in int8 against
     onnxruntime's int8 QDQ model (uint8 activations, int8 weights) and fp32, plus ResNet-50 compile time."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -141,18 +141,20 @@ def speed(board: str = "pynq-z2", repeats: int = 10) -> dict[str, Any]:
         runners = {name: (lambda s=s: s.run(None, {"input": x})) for name, s in sessions.items()}
         runners["dynq emulator int8"] = lambda: model.run(x, mode="int8")
         progress.update(task, advance=1, description="timing")
-        times = {}
-        for name, fn in runners.items():
+        # round robin: every repeat times each runner once, so load changes on the machine hit all alike
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for fn in runners.values():
             fn()
-            samples = []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for name, fn in runners.items():
                 start = time.perf_counter()
                 fn()
-                samples.append(time.perf_counter() - start)
-            times[name] = float(np.median(samples)) * 1e3
+                samples[name].append(time.perf_counter() - start)
+        times = {name: float(np.median(s)) * 1e3 for name, s in samples.items()}
         progress.update(task, advance=2)
     ref = times["onnxruntime int8 QDQ"]
-    table = Table(title=f"dynq bench --suite speed: ResNet-18 1x3x224x224, median of {repeats}, this machine")
+    table = Table(title=f"dynq bench --suite speed: ResNet-18 1x3x224x224, median of {repeats} round-robin "
+                        "repeats, this machine")
     table.add_column("runner")
     table.add_column("ms", justify="right")
     table.add_column("x onnxruntime int8", justify="right")
