@@ -28,6 +28,8 @@ FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
 FETCH_PAIRS = -(-FETCH_WORDS // 2)
 """The instruction memory is two 32-bit banks (even and odd words): a pair per cycle."""
 assert FETCH_PAIRS + 1 == timing.LAYER_SETUP_CYCLES, "setup = fetch pairs + one cycle of checks"
+BEAT = rg.XFER_ALIGN
+"""Bytes per stream beat; the instruction and weight memories' words are one beat wide."""
 EXEC_READ_LATENCY = 1
 assert EXEC_READ_LATENCY + 3 == timing.PIPE_CYCLES, "PIPE = arena read + three lane stages"
 
@@ -35,10 +37,6 @@ assert EXEC_READ_LATENCY + 3 == timing.PIPE_CYCLES, "PIPE = arena read + three l
 def log2(n: int) -> int:
     assert n > 0 and n & (n - 1) == 0, f"{n} is not a power of two"
     return n.bit_length() - 1
-
-
-def _bit(reg: str, field: str) -> int:
-    return next(f.lsb for f in rg.GLOBAL[reg].fields if f.name == field)
 
 
 def ports(board: Board) -> dict[str, Signal]:
@@ -54,9 +52,9 @@ def ports(board: Board) -> dict[str, Signal]:
         "s_axil_araddr": Signal(intbv(0)[aw:]), "s_axil_arvalid": Signal(bool(0)), "s_axil_arready": Signal(bool(0)),
         "s_axil_rdata": word(), "s_axil_rresp": Signal(intbv(0)[2:]), "s_axil_rvalid": Signal(bool(0)),
         "s_axil_rready": Signal(bool(0)),
-        "s_axis_tdata": word(), "s_axis_tvalid": Signal(bool(0)), "s_axis_tready": Signal(bool(0)),
+        "s_axis_tdata": Signal(intbv(0)[8 * BEAT:]), "s_axis_tvalid": Signal(bool(0)), "s_axis_tready": Signal(bool(0)),
         "s_axis_tlast": Signal(bool(0)),
-        "m_axis_tdata": word(), "m_axis_tvalid": Signal(bool(0)), "m_axis_tready": Signal(bool(0)),
+        "m_axis_tdata": Signal(intbv(0)[8 * BEAT:]), "m_axis_tvalid": Signal(bool(0)), "m_axis_tready": Signal(bool(0)),
         "m_axis_tlast": Signal(bool(0)),
         "irq": Signal(bool(0)),
     }
@@ -89,7 +87,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     off_xmem, off_xaddr, off_xbytes = (rg.GLOBAL[n].offset for n in ("XFER_MEM", "XFER_ADDR", "XFER_BYTES"))
     off_imem, off_wmem, off_amem = (rg.GLOBAL[n].offset for n in ("IMEM_BYTES", "WMEM_BYTES", "AMEM_BYTES"))
     off_pc, off_cycles = rg.GLOBAL["PC"].offset, rg.GLOBAL["CYCLES"].offset
-    b_start, b_reset, b_load, b_store = (_bit("CTRL", n) for n in ("start", "reset", "load", "store"))
+    b_start, b_reset, b_load, b_store = (rg.GLOBAL["CTRL"].field(n).lsb for n in ("start", "reset", "load", "store"))
     id_magic, contract_version, fingerprint = rg.ID_MAGIC, CONTRACT_VERSION, board.arch.fingerprint
     imem_bytes, wmem_bytes, amem_bytes = arch.imem_bytes, arch.wmem_bytes, arch.amem_bytes
     prec_lo, prec_hi = rg.PRECISION_BASE, rg.MASK_BASE
@@ -261,13 +259,13 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     insts += [reset_logic, bus_decode, bus_write, bus_read_stage, bus_read_mux]
 
     # ---- memories ---------------------------------------------------------------------------------------
-    im_we0, im_we1 = Signal(intbv(0)[4:]), Signal(intbv(0)[4:])
+    im_we0, im_we1 = Signal(intbv(0)[BEAT:]), Signal(intbv(0)[BEAT:])
     im_wa, im_ra = Signal(modbv(0)[ipw:]), Signal(modbv(0)[ipw:])
-    im_wd = word()
-    im_rd0, im_rd1 = word(), word()
-    wm_we = Signal(intbv(0)[4:])
+    im_wd = Signal(intbv(0)[8 * BEAT:])
+    im_rd0, im_rd1 = Signal(intbv(0)[8 * BEAT:]), Signal(intbv(0)[8 * BEAT:])
+    wm_we = Signal(intbv(0)[BEAT:])
     wm_wa, wm_ra = Signal(modbv(0)[wmw:]), Signal(modbv(0)[wmw:])
-    wm_wd, wm_rd = word(), word()
+    wm_wd, wm_rd = Signal(intbv(0)[8 * BEAT:]), Signal(intbv(0)[8 * BEAT:])
     am_ra, am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
     am_rd, am_wd = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[8 * rows:])
     am_we = Signal(bool(0))
@@ -278,18 +276,19 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     insts.append(window_ram(clk, am_ra, am_rd, am_we, am_wa, am_wd, am_mask, rows, amem_depth))
 
     # ---- stream transfers ---------------------------------------------------------------------------------
+    beat, beat_bits, full_beat = BEAT, log2(BEAT), (1 << BEAT) - 1
     x_state_t = enum("IDLE", "LOAD", "SWALLOW", "READ", "WAIT", "SEND")
     x_state = Signal(x_state_t.IDLE)
     x_ptr = word()  # byte address of the current beat
     x_left = word()  # bytes still to move, including the current beat
     x_mem = Signal(intbv(0)[2:])
-    x_word = word()
-    x_rd_word = word()
+    x_word = Signal(intbv(0)[8 * BEAT:])
+    x_rd_word = Signal(intbv(0)[8 * BEAT:])
     x_im_ra = Signal(modbv(0)[ipw:])
     x_am_ra, x_am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
     x_am_we = Signal(bool(0))
     x_am_mask = Signal(intbv(0)[rows:])
-    x_bmask = Signal(intbv(0)[4:])  # bytes of the current beat inside the transfer
+    x_bmask = Signal(intbv(0)[BEAT:])  # bytes of the current beat inside the transfer
     x_am_wd = Signal(intbv(0)[8 * rows:])
     x_err = Signal(bool(0))
     x_beat = Signal(bool(0))
@@ -297,10 +296,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
 
     @always_comb
     def beat_mask():
-        if x_left >= 4:
-            x_bmask.next = 0xF
+        if x_left >= beat:
+            x_bmask.next = full_beat
         else:
-            x_bmask.next = (1 << x_left[2:]) - 1
+            x_bmask.next = (1 << x_left[beat_bits:]) - 1
 
     @always_comb
     def xfer_comb():
@@ -308,12 +307,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         s_axis_tready.next = x_state == x_state_t.LOAD or x_state == x_state_t.SWALLOW
         m_axis_tvalid.next = x_state == x_state_t.SEND
         # bytes past the end of a store are zero
-        if x_left >= 4:
+        if x_left >= beat:
             m_axis_tdata.next = x_word
         else:
-            m_axis_tdata.next = x_word & ((1 << (8 * x_left[2:])) - 1)
-        m_axis_tlast.next = x_state == x_state_t.SEND and x_left <= 4
-        words = x_ptr >> 2
+            m_axis_tdata.next = x_word & ((1 << (8 * x_left[beat_bits:])) - 1)
+        m_axis_tlast.next = x_state == x_state_t.SEND and x_left <= beat
+        words = x_ptr >> beat_bits
         im_wa.next = words >> 1
         im_wd.next = s_axis_tdata
         im_we0.next = 0
@@ -337,10 +336,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         x_am_mask.next = x_bmask
         # the word a store sends: the arena's first four lanes, or the selected instruction bank
         if x_mem == m_arena:
-            x_rd_word.next = am_rd[32:]
+            x_rd_word.next = am_rd[8 * beat:]
         elif x_mem == m_weights:
             x_rd_word.next = wm_rd
-        elif x_ptr_q[2]:
+        elif x_ptr_q[beat_bits]:
             x_rd_word.next = im_rd1
         else:
             x_rd_word.next = im_rd0
@@ -369,7 +368,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 x_left.next = xfer_bytes
                 xfer_done.next = 0
                 x_err.next = 0
-                if xfer_addr[2:] != 0 or xfer_bytes == 0 or size == 0 or xfer_addr + xfer_bytes > size:
+                if xfer_addr[beat_bits:] != 0 or xfer_bytes == 0 or size == 0 or xfer_addr + xfer_bytes > size:
                     x_err.next = 1
                     if load_go:
                         xfer_busy.next = 1
@@ -382,8 +381,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                     x_state.next = x_state_t.READ
         elif x_state == x_state_t.LOAD:
             if s_axis_tvalid:
-                x_ptr.next = x_ptr + 4
-                if x_left <= 4:
+                x_ptr.next = x_ptr + beat
+                if x_left <= beat:
                     x_left.next = 0
                     if s_axis_tlast:
                         xfer_busy.next = 0
@@ -393,7 +392,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                         x_err.next = 1
                         x_state.next = x_state_t.SWALLOW
                 else:
-                    x_left.next = x_left - 4
+                    x_left.next = x_left - beat
                     if s_axis_tlast:
                         x_err.next = 1
                         xfer_busy.next = 0
@@ -409,14 +408,14 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             x_state.next = x_state_t.SEND
         elif x_state == x_state_t.SEND:
             if m_axis_tready:
-                x_ptr.next = x_ptr + 4
-                if x_left <= 4:
+                x_ptr.next = x_ptr + beat
+                if x_left <= beat:
                     x_left.next = 0
                     xfer_busy.next = 0
                     xfer_done.next = 1
                     x_state.next = x_state_t.IDLE
                 else:
-                    x_left.next = x_left - 4
+                    x_left.next = x_left - beat
                     x_state.next = x_state_t.READ
 
     insts += [beat_mask, xfer_comb, xfer_seq]

@@ -86,7 +86,7 @@ def cached_verilog(board_name: str, quiet: bool = True) -> str:
     gain suffixes when a block was converted before in the same process. The conversion therefore runs in a
     fresh interpreter with PYTHONHASHSEED=0, so the same sources always give the same text (and the same
     simulator and synthesis cache keys)."""
-    from dynq.zoo._atomic import atomic_path
+    from dynq.contract.artifacts import atomic_path
     from dynq.zoo.data import cache_dir
 
     key = sources_key(board_name)

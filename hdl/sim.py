@@ -54,6 +54,8 @@ DEFAULT_TIMEOUT = 120.0
 """Seconds of wall clock any one response may take (a poll adds time for its cycle budget)."""
 STALE_BUILD_SECONDS = 6 * 3600
 """A build directory this old was left by a killed build (a real one takes under a minute)."""
+BEAT = rg.XFER_ALIGN
+"""Bytes per stream beat."""
 HANDSHAKE_CYCLES = 1_000_000
 """Cycles the testbench waits for any one handshake before it stops with `E timeout`."""
 
@@ -71,12 +73,6 @@ class PollTimeout(RtlSimError):
         self.cycles = cycles
 
 
-def _device_error():
-    from dynq.runtime.emulator import DeviceError
-
-    return DeviceError
-
-
 # ---- registers -------------------------------------------------------------------------------------------
 
 def reg(name: str) -> int:
@@ -86,7 +82,7 @@ def reg(name: str) -> int:
 
 def bit(register: str, field: str) -> int:
     """Mask of a one-bit field of a global register."""
-    f = next(f for f in rg.GLOBAL[register].fields if f.name == field)
+    f = rg.GLOBAL[register].field(field)
     return ((1 << f.width) - 1) << f.lsb
 
 
@@ -288,15 +284,14 @@ class RtlSim:
         return int(self._expect("R", f"reading 0x{addr:04x}")[0], 16)
 
     def send(self, data: bytes) -> None:
-        """`data` as little-endian 32-bit beats on the input stream (the last padded with zeros), TLAST on the
+        """`data` as little-endian beats of BEAT bytes on the input stream (the last padded with zeros), TLAST on the
         last beat."""
         data = bytes(data)
         if not data:
             raise ValueError("send needs at least one byte")
-        data += bytes(-len(data) % 4)
-        words = memoryview(data).cast("I") if sys.byteorder == "little" else [
-            int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
-        self._send(f"S {len(words):x}\n" + "".join(f"{w:08x}\n" for w in words))
+        data += bytes(-len(data) % BEAT)
+        words = [int.from_bytes(data[i:i + BEAT], "little") for i in range(0, len(data), BEAT)]
+        self._send(f"S {len(words):x}\n" + "".join(f"{w:0{2 * BEAT}x}\n" for w in words))
 
     def receive_beats(self, beats: int) -> list[tuple[int, bool]]:
         """`beats` beats from the output stream: (word, TLAST) each."""
@@ -308,13 +303,13 @@ class RtlSim:
         return out
 
     def receive(self, nbytes: int) -> bytes:
-        """`nbytes` bytes from the output stream (ceil(nbytes/4) beats); TLAST must be on the last beat only."""
-        beats = self.receive_beats(-(-nbytes // 4))
+        """`nbytes` bytes from the output stream (ceil(nbytes/BEAT) beats); TLAST must be on the last beat only."""
+        beats = self.receive_beats(-(-nbytes // BEAT))
         lasts = [i for i, (_, last) in enumerate(beats) if last]
         if lasts != [len(beats) - 1]:
             raise RtlSimError(f"output stream of {len(beats)} beats had TLAST on beats {lasts}, expected only on "
                               f"{len(beats) - 1}")
-        return b"".join(w.to_bytes(4, "little") for w, _ in beats)[:nbytes]
+        return b"".join(w.to_bytes(BEAT, "little") for w, _ in beats)[:nbytes]
 
     def poll(self, addr: int, mask: int, value: int, max_cycles: int) -> int:
         """Reads `addr` until (data & mask) == value; returns the cycles it took. Raises PollTimeout after
@@ -339,7 +334,7 @@ class RtlSim:
             code = ErrorCode(code)
         except ValueError as exc:
             raise RtlSimError(f"{detail}: ERROR holds {code}, not an error code") from exc
-        raise _device_error()(code, pc, detail)
+        raise rg.DeviceError(code, pc, detail)
 
     def _xfer_setup(self, memory: Memory, addr: int, nbytes: int) -> None:
         self.write(reg("XFER_MEM"), int(memory))

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dynq import boards
+from dynq.contract.artifacts import write_atomic
 from dynq.errors import DynqError
 from dynq.hdl.generate import cached_verilog, normalized
 
@@ -222,7 +223,7 @@ def synthesize(board_name: str, *, verilog: Path | None = None, quiet: bool = Fa
         except (ValueError, KeyError, TypeError):
             pass  # unreadable cache entry: synthesize again and overwrite it
     cells, seconds = _run_yosys(board_name, board.part, board.family, text, quiet)
-    _write_atomic(cached, json.dumps({"board": board_name, "family": board.family, "yosys": yosys_version(),
+    write_atomic(cached, json.dumps({"board": board_name, "family": board.family, "yosys": yosys_version(),
                                       "script": script(board.family), "seconds": round(seconds, 2),
                                       "cells": cells}, indent=1).encode())
     return Resources.from_cells(board_name, cells, board.capacity, seconds)
@@ -282,21 +283,13 @@ def _failure(board_name: str, family: str, proc: subprocess.CompletedProcess, lo
     if log or proc.stderr:
         path = cache_dir() / "synth" / f"failed-{board_name}.log"
         try:
-            _write_atomic(path, (log + ("\n--- stderr ---\n" + proc.stderr if proc.stderr else "")).encode())
+            write_atomic(path, (log + ("\n--- stderr ---\n" + proc.stderr if proc.stderr else "")).encode())
             where = f"; full log: {path}"
         except OSError:
             pass
     shown = " | ".join(lines[-tail:]) or "(no output)"
     return (f"Yosys `{command(family)}` failed for board {board_name} (exit {proc.returncode}); "
             f"end of its log: {shown}{where}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write-then-rename with a unique temporary name, so concurrent runs never see a partial file."""
-    from dynq.zoo._atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def markdown(results: list[Resources], regenerate: str) -> str:

@@ -15,18 +15,10 @@ import torch.nn.functional as F
 
 from dynq.contract import ErrorCode, Instr, Mode, Op, PrecisionRegs, timing
 from dynq.contract import numerics as nx
-from dynq.errors import DynqError
+from dynq.contract.registers import DeviceError
 from dynq.runtime import laconic
 from dynq.runtime.artifacts import Build
 from dynq.runtime.exactconv import ExactConv
-
-
-class DeviceError(DynqError, RuntimeError):
-    """The overlay (or its model) stopped with an error code in the status register."""
-
-    def __init__(self, code: ErrorCode, pc: int, detail: str):
-        super().__init__(f"overlay error {code.name} at instruction {pc}: {detail}")
-        self.code, self.pc = code, pc
 
 
 @dataclass

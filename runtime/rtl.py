@@ -13,11 +13,12 @@ import torch
 from dynq import boards
 from dynq.contract import ErrorCode, Memory, Op, PrecisionRegs
 from dynq.contract import registers as rg
+from dynq.contract.registers import DeviceError
 from dynq.errors import DynqError
 from dynq.hdl.core import RTL_OPS
 from dynq.hdl.sim import RtlSim, reg
 from dynq.runtime.artifacts import Build
-from dynq.runtime.emulator import Arena, DeviceError
+from dynq.runtime.emulator import Arena
 
 RUN_CYCLES = 100_000_000
 """Cycle budget of one segment before the wait gives up (a hang is reported, never waited out)."""

@@ -17,8 +17,9 @@ from dynq.boards import load as load_board
 from dynq.cli import main
 from dynq.contract import ErrorCode, Memory, Op, encode
 from dynq.contract import registers as rg
+from dynq.contract.registers import DeviceError
 from dynq.hdl.sim import RtlSim, bit, build, reg
-from dynq.runtime.emulator import Arena, DeviceError, Emulator
+from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.model import VerifyError
 from dynq.runtime.rtl import RtlDevice, RtlUnsupported
 from tests.rtl_cases import ARENA_BYTES, Case, case_build, random_cases

@@ -11,8 +11,8 @@ import dynq.boards
 from dynq.contract import CONTRACT_VERSION, ErrorCode, Memory, Op, encode
 from dynq.contract import registers as rg
 from dynq.contract.isa import INSTR_BYTES
+from dynq.contract.registers import DeviceError
 from dynq.hdl.sim import PollTimeout, RtlSim, RtlSimError, bit, build, reg
-from dynq.runtime.emulator import DeviceError
 
 BOARD = "pynq-z2"
 

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._atomic import atomic_path
+from dynq.contract.artifacts import atomic_path
 
 Split = Literal["train", "test"]
 

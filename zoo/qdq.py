@@ -18,7 +18,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from ._atomic import atomic_path
+from dynq.contract.artifacts import atomic_path
 
 CALIB_BATCH = 64
 

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dynq.contract.artifacts import atomic_path
+
 from . import MODELS_DIR, SAMPLES_PATH
-from ._atomic import atomic_path
 from .data import load_mnist, write_test_samples
 from .models import MODELS
 

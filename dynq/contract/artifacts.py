@@ -7,10 +7,14 @@ it before use, so a flipped byte is an integrity error, never a wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import struct
+import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +90,25 @@ def _canonical(value: dict[str, Any]) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds.
+
+    Readers (tests, the compiler, another run, a cache lookup) see the old complete file or the new
+    complete file, never a truncated one, even if the writer is killed half way. The temporary name is
+    unique, so concurrent writers do not collide, and keeps `path`'s suffix because some writers (e.g.
+    `np.savez`) append one when it is missing. The file is not pre-created, so it gets the usual
+    umask-derived permissions (it may be shipped as package data).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

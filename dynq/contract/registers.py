@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, fields
 
+from dynq.errors import DynqError
+
 MAX_LAYERS = 256
 """Precision-register banks and counter banks; the `layer` field of an instruction indexes them."""
 
@@ -42,6 +44,14 @@ class ErrorCode(enum.IntEnum):
     XFER = 7
 
 
+class DeviceError(DynqError, RuntimeError):
+    """The overlay (or a model of it) stopped with an error code in the ERROR register."""
+
+    def __init__(self, code: ErrorCode, pc: int, detail: str):
+        super().__init__(f"overlay error {code.name} at instruction {pc}: {detail}")
+        self.code, self.pc = code, pc
+
+
 @dataclass(frozen=True)
 class RegField:
     name: str
@@ -57,6 +67,9 @@ class Register:
     access: str
     doc: str
     fields: tuple[RegField, ...] = ()
+
+    def field(self, name: str) -> RegField:
+        return next(f for f in self.fields if f.name == name)
 
 
 ID_MAGIC = 0x44594E51
