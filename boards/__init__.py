@@ -14,6 +14,7 @@ from typing import Any
 import tomllib
 
 from dynq.contract import CONTRACT_VERSION
+from dynq.contract.array import BLOCK, is_pow2
 from dynq.contract.artifacts import fingerprint
 from dynq.errors import DynqError
 
@@ -28,8 +29,6 @@ class Arch:
 
     rows: int
     cols: int
-    ibuf_bytes: int
-    wbuf_bytes: int
     imem_bytes: int
     wmem_bytes: int
     amem_bytes: int
@@ -65,7 +64,12 @@ def load(name: str) -> Board:
         raise BoardError(f"unknown board {name!r}; known boards: {', '.join(names())}")
     try:
         data = tomllib.loads(path.read_text())
-        return Board(data["name"], data["part"], data["family"], data["ps"], Arch(**data["arch"]),
-                     dict(data["capacity"]))
+        board = Board(data["name"], data["part"], data["family"], data["ps"], Arch(**data["arch"]),
+                      dict(data["capacity"]))
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise BoardError(f"board file {name}.toml is malformed: {exc}") from exc
+    rows = board.arch.rows
+    if not is_pow2(rows) or rows < 2 * BLOCK:
+        raise BoardError(f"board file {name}.toml: rows={rows} must be a power of two of at least {2 * BLOCK} "
+                         "(a reduction-split chunk takes rows/BLOCK >= 2 weight words)")
+    return board

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from dynq import boards
 from dynq.compiler import calibrate, passes, policy
 from dynq.compiler.graph import CompileError, Graph, Node, import_model, load
 from dynq.compiler.lower import DEVICE_OPS, HostPartition, Lowered, Lowerer
-from dynq.contract import CONTRACT_VERSION
+from dynq.contract import CONTRACT_VERSION, Instr, Mode, Op, PrecisionRegs, decode_program
+from dynq.contract.array import window_limits
 from dynq.contract.artifacts import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -31,6 +32,7 @@ from dynq.contract.artifacts import (
     sha256,
 )
 from dynq.contract.numerics import quantize
+from dynq.contract.precision import conv_cost
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def compile_model(model_path: Path, board: str, out_dir: Path, calib: np.ndarray
     placements = _lower(g, low, ranges, source)
     lowered = Lowered(low.tensors, low.layers, low.segments, low.weights, low.arena, g.inputs[0],
                       list(g.outputs))
-    presets = _presets(lowered, samples, policy_data or {})
+    presets = _presets(lowered, samples, policy_data or {}, spec.arch)
     _write(out_dir, g, lowered, presets, spec, mode, placements)
     return CompileResult(out_dir, placements, len(lowered.layers), time.perf_counter() - start)
 
@@ -91,7 +93,7 @@ def _check_calib(calib: np.ndarray, g: Graph, source: str) -> np.ndarray:
     return calib.astype(np.float32)
 
 
-def _op_reason(g: Graph, node: Node) -> str:
+def _op_reason(g: Graph, node: Node, rows: int) -> str:
     """Empty when the overlay has this op with these attributes, else why not."""
     if node.op not in DEVICE_OPS:
         return f"{node.op} is not an overlay op"
@@ -113,20 +115,35 @@ def _op_reason(g: Graph, node: Node) -> str:
         return "pooling with ceil_mode or dilation"
     if node.op == "AveragePool" and any(node.attr("pads", [0])) and not node.attr("count_include_pad", 0):
         return "AveragePool with padding that excludes the pad"
-    return ""
+    return _window_reason(g, node, rows)
+
+
+def _window_reason(g: Graph, node: Node, rows: int) -> str:
+    """Why the PE array's line registers cannot hold this Conv's or pooling's window, or empty."""
+    if node.op == "Conv":
+        kw = g.consts[node.inputs[1]].shape[-1]
+    elif node.op in ("MaxPool", "AveragePool"):
+        kw = node.attr("kernel_shape")[-1]
+    elif node.op == "GlobalAveragePool":
+        kw = g.shapes[node.inputs[0]][-1]
+    else:
+        return ""
+    dilation = node.attr("dilations", [1, 1])
+    ow = node.attr("pool", g.shapes[node.outputs[0]])[-1]
+    return window_limits(node.attr("strides", [1, 1])[-1], kw, (dilation[0], dilation[-1]), ow, rows) or ""
 
 
 def _lower(g: Graph, low: Lowerer, ranges: dict, source: str) -> list[Placement]:
     placements: list[Placement] = []
     host: list[Node] = []
     x = g.inputs[0]
-    if any(not _op_reason(g, n) for n in g.consumers(x)):
+    if any(not _op_reason(g, n, low.arch.rows) for n in g.consumers(x)):
         low.new_tensor(x, nonneg=x in ranges and ranges[x].nonneg)
     handlers = {"Conv": low.conv, "Gemm": low.conv, "MaxPool": low.pool, "AveragePool": low.pool,
                 "GlobalAveragePool": low.pool, "Add": low.add, "Relu": low.clamp, "Clip": low.clamp,
                 "Concat": low.concat, "Flatten": low.flatten, "Reshape": low.flatten}
     for node in g.nodes:
-        reason = _op_reason(g, node)
+        reason = _op_reason(g, node, low.arch.rows)
         data = [t for t in node.inputs if t and t not in g.consts]
         if not reason and host and any(t in n.outputs for n in host for t in data):
             _host_partition(g, low, host, ranges, source)  # its outputs become device tensors
@@ -172,8 +189,11 @@ def _host_partition(g: Graph, low: Lowerer, nodes: list[Node], ranges: dict, sou
             low.new_tensor(t, nonneg=ranges[t].nonneg)
 
 
-def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, Any]) -> dict[str, list[dict]]:
-    """Register values per mode; DRQ thresholds and SDP K are calibrated on the layer's quantized input."""
+def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, Any],
+             arch: boards.Arch) -> dict[str, list[dict]]:
+    """Register values per mode; DRQ thresholds and SDP K are calibrated on the layer's quantized input, and a
+    dynamic mode that would not save cycles on it falls back to int8 with zero-part skipping."""
+    convs = _conv_instructions(lowered)
     presets: dict[str, list[dict]] = {}
     for preset in policy.MODES:
         regs = []
@@ -186,9 +206,35 @@ def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, An
                 threshold = policy.drq_threshold(sample, s, lowered.tensors[layer.input].signed)
             if sample is not None and s["mode"] == "sdp":
                 k = policy.sdp_k(sample, s, layer.groups)
-            regs.append(policy.to_registers(s, threshold, k).to_words())
+            chosen = policy.to_registers(s, threshold, k)
+            if sample is not None and s["mode"] in ("drq", "sdp") and not policy.mode_forced(layer.name, pol):
+                chosen = _cheaper(chosen, sample[:COST_IMAGES], convs[layer.index], arch)
+            regs.append(chosen.to_words())
         presets[preset] = regs
     return presets
+
+
+COST_IMAGES = 32
+"""Calibration images the cost check runs the cycle model on."""
+
+
+def _cheaper(regs: PrecisionRegs, sample: torch.Tensor, ins: Instr, arch: boards.Arch) -> PrecisionRegs:
+    """`regs`, or int8 with zero-part skipping when that costs no more cycles on the sample."""
+    fallback = replace(regs, mode=Mode.INT8, zero_skip=True)
+    cost = [conv_cost(sample.float(), r, ins, arch.rows, arch.cols, None, 0)[1]["busy_cycles"]
+            for r in (regs, fallback)]
+    return regs if cost[0] < cost[1] else fallback
+
+
+def _conv_instructions(lowered: Lowered) -> dict[int, Instr]:
+    """The CONV instruction of every conv/gemm layer, by layer index."""
+    found = {}
+    for seg in lowered.segments:
+        if isinstance(seg, list):
+            for ins in decode_program(b"".join(seg)):
+                if ins.op == Op.CONV:
+                    found[ins.layer] = ins
+    return found
 
 
 def _quantized_sample(lowered: Lowered, tensor: str, samples: dict[str, np.ndarray]) -> torch.Tensor | None:

@@ -66,17 +66,23 @@ class Graph:
 
         onnx_nodes = []
         for n in nodes:
-            attrs = {k: v for k, v in n.attrs.items() if k != "clip"}
-            if "clip" not in n.attrs:
-                onnx_nodes.append(helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **attrs))
-                continue
-            # a fused activation goes back to being its own node
-            pre = f"{n.outputs[0]}__pre_clip"
-            bounds = [f"{n.outputs[0]}__clip_{side}" for side in ("min", "max")]
-            for name, value in zip(bounds, n.attrs["clip"], strict=True):
-                inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
-            onnx_nodes.append(helper.make_node(n.op, n.inputs, [pre], name=n.name, **attrs))
-            onnx_nodes.append(helper.make_node("Clip", [pre, *bounds], n.outputs, name=f"{n.name}/clip"))
+            attrs = {k: v for k, v in n.attrs.items() if k not in ("clip", "pool")}
+            # fused activations and pooling go back to being their own nodes
+            stages = [("clip", "Clip"), ("pool", "MaxPool")]
+            fused = [(key, op) for key, op in stages if key in n.attrs]
+            current = f"{n.outputs[0]}__pre_{fused[0][0]}" if fused else n.outputs[0]
+            onnx_nodes.append(helper.make_node(n.op, n.inputs, [current], name=n.name, **attrs))
+            for i, (key, op) in enumerate(fused):
+                out = f"{n.outputs[0]}__pre_{fused[i + 1][0]}" if i + 1 < len(fused) else n.outputs[0]
+                if key == "clip":
+                    bounds = [f"{n.outputs[0]}__clip_{side}" for side in ("min", "max")]
+                    for name, value in zip(bounds, n.attrs["clip"], strict=True):
+                        inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+                    onnx_nodes.append(helper.make_node(op, [current, *bounds], [out], name=f"{n.name}/clip"))
+                else:
+                    onnx_nodes.append(helper.make_node(op, [current], [out], name=f"{n.name}/pool",
+                                                       kernel_shape=[2, 2], strides=[2, 2]))
+                current = out
         graph = helper.make_graph(onnx_nodes, "host_partition", [info(t) for t in inputs],
                                   [info(t) for t in outputs], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])

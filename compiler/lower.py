@@ -15,7 +15,7 @@ import numpy as np
 from dynq.boards import Arch
 from dynq.compiler.graph import CompileError, Graph, Node
 from dynq.compiler.passes import QuantInfo, clip_bounds
-from dynq.contract import MAX_LAYERS, Op, encode
+from dynq.contract import MAX_LAYERS, Op, encode, timing
 from dynq.contract.isa import EncodeError
 from dynq.contract.numerics import ACC_BITS, WEIGHT_MAX, accumulator_bound, quantize_multiplier, value_range
 
@@ -208,14 +208,17 @@ class Lowerer:
         ms = [quantize_multiplier(float(r)) for r in acc_scale / out.scale]
         params = np.stack([bias, [m for m, _ in ms], [s for _, s in ms]]).astype("<i4")
         lo, hi = self._clip_q(out, clip)
-        dynamic = node.op == "Conv" and self.seen_conv
+        pooled = node.attr("pool")  # the conv's own output shape, when a 2x2 max pooling is fused into it
+        oh, ow = (pooled[-2], pooled[-1]) if pooled else (out.shape[1], out.shape[2])
+        split = timing.reduction_split(timing.ConvGeometry(cin_g, 1, groups, cout // groups, oh, ow, k[0], k[1],
+                                                           strides[0], strides[1], *pads))
+        # single-pixel layers (Gemm-like) stay 8-bit, like the first convolution
+        dynamic = node.op == "Conv" and self.seen_conv and not split
         self.seen_conv = self.seen_conv or node.op == "Conv"
         layer = self._layer(node, "gemm" if node.op == "Gemm" else "conv", dynamic)
         layer.input, layer.output, layer.groups = x.name, out.name, groups
-        oh, ow = out.shape[1], out.shape[2]
-        self._check_ibuf(node, xin, (oh, ow), k, strides, dil, cin_g)
-        self._emit(Op.CONV, layer, s0_signed=int(x.signed), out_signed=int(out.signed), src0=x.offset,
-                   src1=self._blob(wq.astype(np.int8).tobytes()), dst=out.offset,
+        self._emit(Op.CONV, layer, s0_signed=int(x.signed), out_signed=int(out.signed), aux=int(bool(pooled)),
+                   src0=x.offset, src1=self._blob(wq.astype(np.int8).tobytes()), dst=out.offset,
                    param=self._blob(params.tobytes()), cin=xin[0], cout=cout, ih=xin[1], iw=xin[2], oh=oh,
                    ow=ow, kh=k[0], kw=k[1], sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], pt=pads[0],
                    pl=pads[1], pb=pads[2], pr=pads[3], groups=groups, clip_lo=lo, clip_hi=hi)
@@ -246,16 +249,6 @@ class Lowerer:
             first = total // 2 if auto == "SAME_UPPER" else total - total // 2
             pads.append((first, total - first))
         return [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
-
-    def _check_ibuf(self, node: Node, xin: tuple[int, int, int], out_hw: tuple[int, int], k: list[int],
-                    s: list[int], d: list[int], cin_g: int) -> None:
-        """A row tile's input band (all rows its lanes read) must fit the input buffer."""
-        rows_spanned = min(out_hw[0], -(-self.arch.rows // out_hw[1]) + 1)
-        input_rows = min((rows_spanned - 1) * s[0] + (k[0] - 1) * d[0] + 1, rows_spanned * k[0])
-        band = input_rows * xin[2] * cin_g
-        if band > self.arch.ibuf_bytes:
-            raise CompileError(f"{self.source}: {node.name}: a row tile needs {band} bytes of input buffer, "
-                               f"the board has {self.arch.ibuf_bytes}; use a board with a larger buffer")
 
     def pool(self, node: Node) -> None:
         x = self._input(node.inputs[0], node)

@@ -167,6 +167,24 @@ def fuse_activations(g: Graph) -> None:
         g.nodes.remove(act)
 
 
+def fuse_max_pool(g: Graph) -> None:
+    """Conv followed by its only consumer, a 2x2 stride-2 MaxPool without padding: the array pools in its
+    drain (`aux=1`), so the convolution's full-size output never goes through the arena."""
+    for pool in [n for n in g.nodes if n.op == "MaxPool"]:
+        conv = g.producer(pool.inputs[0])
+        if conv is None or conv.op != "Conv" or "pool" in conv.attrs:
+            continue
+        plain = (list(pool.attr("kernel_shape")) == [2, 2] and list(pool.attr("strides", [1, 1])) == [2, 2]
+                 and not any(pool.attr("pads", [0])) and not pool.attr("ceil_mode", 0)
+                 and all(d == 1 for d in pool.attr("dilations", [1, 1]))
+                 and pool.attr("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID"))
+        if not plain or len(g.consumers(pool.inputs[0])) != 1 or pool.inputs[0] in g.outputs:
+            continue
+        conv.attrs["pool"] = g.shapes[pool.inputs[0]]
+        conv.outputs = list(pool.outputs)
+        g.nodes.remove(pool)
+
+
 def clip_bounds(g: Graph, node: Node) -> tuple[float, float]:
     """The (lo, hi) float bounds of a Relu or Clip node (opset-11+ Clip takes them as inputs)."""
     if node.op == "Relu":
@@ -186,4 +204,5 @@ def run_all(g: Graph) -> QuantInfo:
     fold_batchnorm(g)
     matmul_to_gemm(g)
     fuse_activations(g)
+    fuse_max_pool(g)
     return quant

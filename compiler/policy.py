@@ -12,7 +12,10 @@ says otherwise.
 
 Calibration: unless a layer's `threshold` / `sensitive_ratio` (DRQ) or `k` (SDP) is given, the compiler
 picks, on the layer's quantized calibration input, the fewest sensitive regions (DRQ) or the smallest K
-(SDP) whose approximated input stays within `error_budget` relative L2 error of the exact input.
+(SDP) whose approximated input stays within `error_budget` relative L2 error of the exact input. Then it
+runs the cycle model on that input: a layer whose dynamic mode would not save cycles (the DRQ predictor's
+pass over a depthwise layer's input can cost more than it saves) runs int8 with zero-part skipping
+instead, unless the policy names its mode.
 """
 
 from __future__ import annotations
@@ -116,6 +119,13 @@ def settings_for(name: str, dynamic: bool, preset: str, policy: dict[str, Any]) 
     if s["error_budget"] is None:
         s["error_budget"] = MODE_BUDGETS.get(s["mode"], 0.0)
     return s
+
+
+def mode_forced(name: str, policy: dict[str, Any]) -> bool:
+    """Whether the policy names this layer's mode itself (then no cost check overrides it)."""
+    entries = [policy.get("default", {})] + [e for p, e in policy.get("layers", {}).items()
+                                             if fnmatch.fnmatchcase(name, p)]
+    return any("mode" in e for e in entries)
 
 
 def _relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:

@@ -13,6 +13,7 @@ from dynq.contract import (
     ErrorCode,
     Mode,
     Op,
+    array,
     artifacts,
     numerics,
     registers,
@@ -67,9 +68,16 @@ def isa_markdown() -> str:
         f"pixel (y, x) of an `h x w` map uses cell `(y*{MASK_GRID}//h, x*{MASK_GRID}//w)`.",
         "## Cycle model",
         (timing.__doc__ or "").strip(),
-        _table(["constant", "cycles"], [["LAYER_SETUP_CYCLES", timing.LAYER_SETUP_CYCLES],
-                                        ["PIPE_CYCLES", timing.PIPE_CYCLES], ["REDUCE_CYCLES", timing.REDUCE_CYCLES],
-                                        ["NOP_CYCLES", timing.NOP_CYCLES]]),
+        _table(["constant", "value"], [["LAYER_SETUP_CYCLES", timing.LAYER_SETUP_CYCLES],
+                                       ["PIPE_CYCLES", timing.PIPE_CYCLES],
+                                       ["PREDICTOR_GAP_CYCLES", timing.PREDICTOR_GAP_CYCLES],
+                                       ["NOP_CYCLES", timing.NOP_CYCLES], ["BLOCK (channels)", array.BLOCK],
+                                       ["LINE_WINDOWS (windows of `rows` bytes)", array.LINE_WINDOWS]]),
+        "Limits of the array: dilation 1 only; `stride * (min(ow, rows) - 1) + kw <= LINE_WINDOWS * rows`; "
+        f"SDP's `g` one of {', '.join(map(str, array.SDP_G_VALUES))}; DRQ regions powers of two up to "
+        f"{array.REGION_MAX} in each dimension; SDP only on layers with more than one output pixel. The emulator "
+        "and the core stop with BUFFER_OVERFLOW (window) or BAD_PRECISION (registers) otherwise; the compiler "
+        "leaves such layers to the host.",
         "## Registers (AXI4-Lite)",
         _table(["offset", "name", "access", "meaning"], reg_rows),
         f"### Precision registers: bank of layer L at 0x{registers.PRECISION_BASE:X} + "

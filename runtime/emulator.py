@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynq.contract import ErrorCode, Instr, Mode, Op, PrecisionRegs, timing
+from dynq.contract import ErrorCode, Instr, Op, PrecisionRegs, timing
 from dynq.contract import numerics as nx
+from dynq.contract.precision import check_window, conv_cost
 from dynq.contract.registers import DeviceError
 from dynq.runtime import laconic
 from dynq.runtime.artifacts import Build
@@ -145,12 +146,9 @@ class Emulator:
 
     def _conv(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
               mask: torch.Tensor | None) -> dict[str, int]:
-        if ins.groups < 1 or ins.cin % ins.groups or ins.cout % ins.groups:
-            raise DeviceError(ErrorCode.BAD_OPCODE, pc, f"groups={ins.groups} does not divide cin/cout")
-        consts = self._conv_consts(ins, pc)
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
-        reg = regs[ins.layer]
-        xq, steps, stats, units = apply_precision(x, reg, bool(ins.s0_signed), ins.groups, mask, pc)
+        xq, counters, geom = conv_cost(x, regs[ins.layer], ins, self.rows, self.cols, mask, pc)
+        consts = self._conv_consts(ins, pc)
         if ins.pt == ins.pb and ins.pl == ins.pr:
             padding = (ins.pt, ins.pl)
         else:
@@ -162,20 +160,18 @@ class Emulator:
         # requant(acc + bias) = floor(acc * scale + (bias * scale + 0.5)): every step is exact in float64,
         # and in-place steps keep the channels-last layout the next convolution wants
         y = acc.mul_(consts.scale).add_(consts.offset).floor_().clamp_(ins.clip_lo, ins.clip_hi).float()
+        if ins.aux == 1:
+            y = F.max_pool2d(y, 2, 2)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
-        geom = timing.ConvGeometry(units, ins.groups, ins.cout // ins.groups, ins.oh, ins.ow, ins.kh, ins.kw,
-                                   ins.sh, ins.sw, ins.dh, ins.dw, ins.pt, ins.pl, ins.pb, ins.pr)
-        values = ins.cin * ins.ih * ins.iw
-        predictor = timing.predictor_cycles(values, self.rows, self.cols) if reg.mode == Mode.DRQ else 0
-        counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, self.rows, self.cols, predictor)
         if self.model_laconic:
             term_serial = laconic.conv_cycles(x, consts.weights, geom, self.rows, self.cols)
             counters["laconic_cycles"] = counters["busy_cycles"] - counters["compute_cycles"] + term_serial
-        return {**counters, **stats}
+        return counters
 
     # ---- POOL / ADD / MOVE -------------------------------------------------------------------------
     def _pool(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
               mask: torch.Tensor | None) -> dict[str, int]:
+        check_window(ins, self.rows, pc)
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
         pad = (ins.pl, ins.pr, ins.pt, ins.pb)
         if ins.aux == 0:
@@ -191,7 +187,7 @@ class Emulator:
                                    ins.clip_lo, ins.clip_hi)
         self._check_shape(y, ins, pc)
         arena.write(ins.dst, y, bool(ins.out_signed), pc)
-        cycles = timing.pool_cycles(ins.cin, ins.oh, ins.ow, ins.kh, ins.kw, self.rows, self.cols, ins.aux == 1)
+        cycles = timing.pool_cycles(ins.cin, ins.oh, ins.ow, ins.kh, ins.kw, ins.sw, self.rows)
         return {"busy_cycles": x.shape[0] * cycles}
 
     def _add(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
@@ -227,52 +223,3 @@ def _rescale_sum(a: torch.Tensor, m0: int, a_signed: bool, b: torch.Tensor | Non
     if b is not None:
         acc.add_(b.to(dtype), alpha=m1)
     return acc.mul_(2.0 ** -ins.shift0).add_(0.5).floor_().clamp_(ins.clip_lo, ins.clip_hi).float()
-
-
-def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: int, mask: torch.Tensor | None,
-                    pc: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, int], int]:
-    """The input as the PE array computes with it under the layer's registers.
-
-    Returns (x', steps per sync unit and position or None when uniform, statistics counters, units per
-    convolution group).
-    """
-    n, c, h, w = x.shape
-    values = x.numel()
-    stats = {"total_parts": 2 * values}
-    if reg.mode == Mode.INT8:
-        if not reg.zero_skip:
-            return x, None, {**stats, "kept_parts": 2 * values}, c // groups
-        steps = nx.part_steps(x)
-        return x, steps, {**stats, "kept_parts": int(steps.sum())}, c // groups
-    if reg.mode in (Mode.DRQ, Mode.DAQ):
-        if reg.mode == Mode.DRQ:
-            sums = nx.region_sums(x, reg.rh, reg.rw)
-            sensitive_regions = sums >= reg.threshold
-            level = nx.expand_regions(sensitive_regions, reg.rh, reg.rw, h, w).to(torch.int16) + 1
-            stats.update(sensitive_regions=int(sensitive_regions.sum()), total_regions=sensitive_regions.numel())
-        else:
-            if mask is None:
-                raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask: pass --mask FILE.npy "
-                                  "(16x16 of 0/1/2) or Model.run(..., mask=...)")
-            level = nx.mask_cells(mask, h, w).to(torch.int16).expand(n, c, h, w)
-            stats.update(sensitive_regions=int((level == 2).sum()), total_regions=values)
-        low = nx.insensitive(x, signed, reg.insens_hi)
-        xq = torch.where(level == 2, x, torch.where(level == 1, low, torch.zeros_like(x)))
-        if reg.zero_skip:
-            steps = torch.where(level == 2, nx.part_steps(xq), (xq != 0).to(torch.int16))
-        else:
-            steps = level.clone() if reg.mode == Mode.DAQ else level.expand(n, c, h, w).clone()
-        return xq, steps, {**stats, "kept_parts": int(steps.sum())}, c // groups
-    cin_g = c // groups
-    xg = x.reshape(n * groups, cin_g, h, w)
-    xq, keep_hi, keep_lo = nx.sdp_keep(xg, reg.g, reg.k)
-    units = -(-cin_g // reg.g)
-    stats["kept_parts"] = int(keep_hi.sum() + keep_lo.sum())
-    xq = xq.reshape(n, c, h, w)
-    if not reg.zero_skip:
-        return xq, None, stats, units
-    hi, lo = nx.split_parts(xq.reshape(n * groups, cin_g, h, w))
-    used = ((hi != 0) & keep_hi).to(torch.int16) + ((lo != 0) & keep_lo).to(torch.int16)
-    padded = F.pad(used, (0, 0, 0, 0, 0, units * reg.g - cin_g))
-    steps = padded.view(n * groups, units, reg.g, h, w).sum(dim=2).reshape(n, groups * units, h, w)
-    return xq, steps, stats, units

@@ -1,12 +1,12 @@
 """A Laconic-style term-serial array, modelled for comparison only (it is not the overlay).
 
 Laconic decomposes activation and weight into signed power-of-two terms (canonical signed digits) and
-spends `max(1, t_a * t_w)` cycles on a product. This model puts such PEs on the overlay's array with the
-overlay's mapping (lanes = output pixels, columns = output channels, narrow groups packed, single-pixel
-layers split over the lanes). Each PE works through a group of GROUP reduction elements on its own, and
-all PEs of a pass synchronise at the end of every group, so a group costs the largest per-PE sum of
-`max(1, t_a * t_w)`. Results are exact by construction; only cycles are modelled, for the comparison
-column of reports and `dynq bench`.
+spends `max(1, t_a * t_w)` cycles on a product. This model puts such PEs on an array of the overlay's
+size, with lanes = output pixels (raster order), columns = output channels, narrow groups packed side by
+side on the columns, single-pixel layers split over the lanes. Each PE works through a group of GROUP
+reduction elements on its own, and all PEs of a pass synchronise at the end of every group, so a group
+costs the largest per-PE sum of `max(1, t_a * t_w)`. Results are exact by construction; only cycles are
+modelled, for the comparison column of reports and `dynq bench`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def conv_cycles(x: torch.Tensor, w: np.ndarray, g: ConvGeometry, rows: int, cols
             n, g.cout_g, -1, GROUP, rows).sum(dim=3)
         slowest = F.pad(per_lane.amax(dim=-1), (0, 0, 0, col_tiles * cols - g.cout_g)).view(n, col_tiles, cols, -1)
         return int(slowest.amax(dim=2).sum())
-    pack = timing.column_packing(g, cols)
+    pack = max(1, cols // g.cout_g) if g.cout_g < cols else 1
     p = g.oh * g.ow
     tiles = ceil_div(p, rows)
     items = tiles * g.groups
@@ -76,8 +76,7 @@ def conv_cycles(x: torch.Tensor, w: np.ndarray, g: ConvGeometry, rows: int, cols
     padded = F.pad(ta, (g.pl, g.pr, g.pt, g.pb))
     total = 0
     for tap, (a, b) in enumerate((a, b) for a in range(g.kh) for b in range(g.kw)):
-        y0, x0 = a * g.dh, b * g.dw
-        sl = padded[:, :, y0:y0 + g.sh * (g.oh - 1) + 1:g.sh, x0:x0 + g.sw * (g.ow - 1) + 1:g.sw]
+        sl = padded[:, :, a:a + g.sh * (g.oh - 1) + 1:g.sh, b:b + g.sw * (g.ow - 1) + 1:g.sw]
         ta_tap = sl.reshape(n, g.groups, cin_g, p).transpose(2, 3)  # [n, groups, P, cin_g]
         for start in range(0, cin_g, GROUP):
             cost = _group_cost(ta_tap[..., start:start + GROUP], tw[:, :, start:start + GROUP, tap])

@@ -15,17 +15,19 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onn
 
 
 class OpsNet(nn.Module):
-    """Every overlay op in one net: dilated, grouped, depthwise and strided convs with asymmetric
-    padding, signed activations, BatchNorm, ReLU6, max/avg/global pooling, residual Add, Concat, Gemm."""
+    """Every overlay op in one net: grouped 5x5, depthwise and strided convs with asymmetric padding, a conv
+    with fused max pooling, signed activations, BatchNorm, ReLU6, max/avg/global pooling, residual Add,
+    Concat, Gemm."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.c2 = nn.Conv2d(8, 8, 5, padding=2, groups=2)
         self.bn2 = nn.BatchNorm2d(8)
         self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=(0, 1), groups=8)
         self.pw = nn.Conv2d(8, 12, 1)
         self.c3 = nn.Conv2d(12, 12, 3, padding=1)
+        self.c4 = nn.Conv2d(12, 12, 3, padding=1)
         self.fc = nn.Linear(24, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +36,8 @@ class OpsNet(nn.Module):
         c = nn.functional.relu6(self.dw(nn.functional.max_pool2d(b, 2, 1)))
         d = torch.relu(self.pw(c))
         e = torch.relu(self.c3(d) + d)
-        f = torch.cat([nn.functional.avg_pool2d(e, 2), nn.functional.avg_pool2d(d, 2)], dim=1)
+        pooled = nn.functional.max_pool2d(torch.relu(self.c4(d)), 2)  # fused into the conv
+        f = torch.cat([nn.functional.avg_pool2d(e, 2), pooled], dim=1)
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1))
 
 
@@ -44,12 +47,12 @@ class HostNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(1, 6, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
-        self.fc = nn.Linear(6 * 8 * 8, 4)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2)  # the array runs undilated kernels only
+        self.fc = nn.Linear(6 * 4 * 4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = nn.functional.leaky_relu(self.c1(x), 0.1)
-        b = torch.relu(self.c2(a))
+        b = nn.functional.max_pool2d(torch.relu(self.c2(a)), 2)  # conv + relu + pool fused, then back on the host
         b = b * torch.sigmoid(b)  # SiLU-style gating
         return torch.softmax(self.fc(torch.flatten(b, 1)), dim=1)
 

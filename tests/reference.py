@@ -81,6 +81,9 @@ def run(build: Build, x_q: np.ndarray, regs: list[PrecisionRegs], mask: np.ndarr
             xe = precision_input(src, regs[ins.layer], bool(ins.s0_signed), ins.groups, mask)
             acc = conv(xe, w, ins) + bias.reshape(1, -1, 1, 1)
             out = requant(acc, mult.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1), ins.clip_lo, ins.clip_hi)
+            if ins.aux == 1:  # fused 2x2 max pooling, floor mode
+                h, w = out.shape[2] // 2 * 2, out.shape[3] // 2 * 2
+                out = out[:, :, :h, :w].reshape(n, ins.cout, h // 2, 2, w // 2, 2).max(axis=(3, 5))
         elif ins.op == Op.POOL:
             pads = ((0, 0), (0, 0), (ins.pt, ins.pb), (ins.pl, ins.pr))
             xp = np.pad(src, pads, constant_values=-(1 << 20) if ins.aux == 0 else 0)

@@ -10,6 +10,7 @@ import torch
 
 from dynq.contract import FIELDS, INSTR_BYTES, Mode, Op, PrecisionRegs, decode_program, encode, registers, timing
 from dynq.contract import numerics as nx
+from dynq.contract.array import BLOCK, line_reads, window_limits
 from dynq.contract.isa import DecodeError, EncodeError, decode
 from dynq.docgen import sync
 
@@ -144,17 +145,20 @@ def test_register_map_has_no_overlaps() -> None:
 
 
 def _geom(**kw: int) -> timing.ConvGeometry:
-    base = dict(n_units=1, groups=1, cout_g=1, oh=1, ow=1, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pt=0, pl=0, pb=0, pr=0)
+    base = dict(cin_g=1, g=1, groups=1, cout_g=1, oh=1, ow=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, pb=0, pr=0)
     return timing.ConvGeometry(**{**base, **kw})
 
 
+SETUP, PIPE = timing.LAYER_SETUP_CYCLES, timing.PIPE_CYCLES
+
+
 def test_cycle_model_lockstep_hand_example() -> None:
-    # 3 output pixels on 2 lanes: tiles (2, 1 | 0): slowest 2 + 0, stall 1, steps 3
+    # 3 output pixels on 2 lanes: x tiles (2, 1 | 0) cost 2 and max(1, 0) = 1 (a tap is at least a cycle)
     steps = torch.tensor([2, 1, 0]).view(1, 1, 1, 3)
     c = timing.conv_counters(steps, 1, 1, _geom(ow=3), rows=2, cols=1, predictor_cycles=0)
-    assert c["compute_cycles"] == 2 and c["stall_cycles"] == 1 and c["mac_steps"] == 3
-    # passes (compute + pipe, drain): (2 + PIPE, 2) then (0 + PIPE, 1); the first drain overlaps the second pass
-    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + (2 + timing.PIPE_CYCLES) + max(timing.PIPE_CYCLES, 2) + 1
+    assert c["compute_cycles"] == 3 and c["stall_cycles"] == 1 and c["mac_steps"] == 3
+    # fill one 1-window line; pass 1: max(2, next fill 1); pass 2: max(1, drain of pass 1); last drain
+    assert c["busy_cycles"] == SETUP + 1 + 2 + max(1, 1 + PIPE) + (1 + PIPE)
 
 
 def test_cycle_model_padding_and_taps() -> None:
@@ -163,46 +167,93 @@ def test_cycle_model_padding_and_taps() -> None:
     steps = torch.tensor([2, 1]).view(1, 1, 1, 2)
     c = timing.conv_counters(steps, 1, 1, _geom(ow=2, kw=3, pl=1, pr=1), rows=2, cols=2, predictor_cycles=5)
     assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (5, 2, 8)
-    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 5 + timing.PIPE_CYCLES + 2 + 5
+    # the line of lanes 0..1 over 3 taps spans 4 bytes: 2 windows of 2
+    assert c["busy_cycles"] == SETUP + 5 + 2 + 5 + (1 + PIPE)
 
 
-def test_cycle_model_packs_narrow_groups_onto_columns() -> None:
-    # depthwise, 2 channels of [2, 1] and [0, 2] on 2 lanes x 2 columns: one pack of both channels,
-    # slowest 2, fastest 0 -> stall 2; the same on 3 columns; on 1 column two packs: 2 + 2, stall 1 + 2
+def test_cycle_model_packs_narrow_groups_and_rows() -> None:
+    # depthwise, 2 channels of [2, 1] and [0, 2] on 2 lanes: both groups side by side in one pass (2 columns,
+    # 2 line registers), lock-stepped: slowest 2, fastest 0; two lines to fill, two channels to drain
     steps = torch.tensor([2, 1, 0, 2]).view(1, 2, 1, 2)
     g = _geom(groups=2, ow=2)
+    assert timing.packing(g, cols=2) == 2
     c = timing.conv_counters(steps, 1, 1, g, rows=2, cols=2, predictor_cycles=0)
     assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (2, 2, 5)
-    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + timing.PIPE_CYCLES + 2 + 2
+    assert c["busy_cycles"] == SETUP + 2 + 2 + (2 + PIPE)
     assert timing.conv_counters(steps, 1, 1, g, rows=2, cols=3, predictor_cycles=0) == c
+    # one column: no room, a pass per group, the second waits for the first one's drain
     one = timing.conv_counters(steps, 1, 1, g, rows=2, cols=1, predictor_cycles=0)
     assert (one["compute_cycles"], one["stall_cycles"]) == (4, 3)
-    assert one["busy_cycles"] == timing.LAYER_SETUP_CYCLES + 2 * (2 + timing.PIPE_CYCLES) + 2
+    assert one["busy_cycles"] == SETUP + 1 + max(2, 1) + max(2, 1 + PIPE) + (1 + PIPE)
+    # one group of 6 output channels, 2x2 output: both output rows side by side on 12 columns
+    rows2 = _geom(cout_g=6, oh=2, ow=2)
+    assert timing.packing(rows2, cols=16) == 2
+    r = timing.conv_counters(torch.tensor([2, 1, 0, 2]).view(1, 1, 2, 2), 1, 1, rows2, rows=2, cols=16,
+                             predictor_cycles=0)
+    assert (r["compute_cycles"], r["stall_cycles"], r["mac_steps"]) == (2, 2, 30)
+    assert r["busy_cycles"] == SETUP + 2 + 2 + (12 + PIPE)
+
+
+def test_cycle_model_blocks_and_line_fills() -> None:
+    # 10 input channels = blocks of 8 and 2; 1x1 kernel on 2 pixels, 2 lanes: one pass of two items
+    g = _geom(cin_g=10, ow=2)
+    dense = timing.conv_counters(None, 1, 2, g, rows=2, cols=1, predictor_cycles=0)
+    # fills 8 and 2 windows; taps cost 8*2 and 2*2
+    assert dense["busy_cycles"] == SETUP + 8 + max(16, 2) + 4 + (1 + PIPE)
+    # nothing to compute: each tap still a cycle, and the next block's fill sets the pace
+    empty = timing.conv_counters(None, 1, 0, g, rows=2, cols=1, predictor_cycles=0)
+    assert empty["busy_cycles"] == SETUP + 8 + max(1, 2) + 1 + (1 + PIPE)
+    # SDP groups of 4: 3 units (the last padded), 2 in the first block, 1 in the second
+    sdp = timing.conv_counters(None, 1, 3, _geom(cin_g=10, g=4, ow=2), rows=2, cols=1, predictor_cycles=0)
+    assert sdp["busy_cycles"] == SETUP + 8 + max(2 * 3, 2) + 3 + (1 + PIPE)
 
 
 def test_cycle_model_reduction_split_and_column_tiles() -> None:
-    # Gemm, 5 inputs on 2 lanes: (2,1) (2,2) (0,-) -> 2+2+0, stall 1; 3 outputs on 2 columns: 2 column tiles
-    steps = torch.tensor([2, 1, 2, 2, 0]).view(1, 5, 1, 1)
-    c = timing.conv_counters(steps, 1, 2, _geom(n_units=5, cout_g=3), rows=2, cols=2, predictor_cycles=0)
-    assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (8, 2, 21)
-    overhead = 2 * (timing.PIPE_CYCLES + timing.REDUCE_CYCLES + 1)
-    assert c["busy_cycles"] == timing.LAYER_SETUP_CYCLES + overhead + 8
+    # Gemm, 20 inputs on 16 lanes: 2 chunks of 16 // BLOCK weight words each; 3 outputs on 2 columns
+    steps = torch.tensor([2] * 15 + [0] + [1] * 4).view(1, 20, 1, 1)
+    c = timing.conv_counters(steps, 1, 2, _geom(cin_g=20, cout_g=3), rows=16, cols=2, predictor_cycles=0)
+    words, tree = 16 // BLOCK, timing.reduce_cycles(16)
+    assert (words, tree) == (2, 4)
+    assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (4 * words, 2 * 2, 3 * 34)
+    drain0, drain1 = 2 + PIPE + tree, 1 + PIPE + tree
+    assert c["busy_cycles"] == SETUP + words + 2 * words + max(2 * words, drain0) + drain1
 
 
-def test_predictor_and_elementwise_cycles() -> None:
-    assert timing.predictor_cycles(1000, rows=4, cols=8) == 32  # 31.25 rounded up
-    assert timing.eltwise_cycles(33, rows=16, operands=1) == timing.LAYER_SETUP_CYCLES + 3 + timing.PIPE_CYCLES
-    assert timing.eltwise_cycles(33, rows=16, operands=2) == timing.LAYER_SETUP_CYCLES + 6 + timing.PIPE_CYCLES
-    # 18 outputs of 2x2 windows on 4x4 PEs: 2 rounds of 4 cycles; average adds 18/4 -> 5 requantize cycles
-    assert timing.pool_cycles(2, 3, 3, 2, 2, rows=4, cols=4, average=False) == (
-        timing.LAYER_SETUP_CYCLES + 2 * 4 + timing.PIPE_CYCLES)
-    assert timing.pool_cycles(2, 3, 3, 2, 2, rows=4, cols=4, average=True) == (
-        timing.LAYER_SETUP_CYCLES + 2 * 4 + 5 + timing.PIPE_CYCLES)
+def test_predictor_pool_and_elementwise_cycles() -> None:
+    gap = timing.PREDICTOR_GAP_CYCLES
+    assert timing.predictor_cycles(3, 5, 20, rows=16) == 3 * 5 * 2 + gap  # every window of the input once
+    assert timing.mask_cycles(5, 20, rows=16) == 5 * 2 + gap
+    assert timing.eltwise_cycles(33, rows=16, operands=1) == SETUP + 3 + PIPE
+    assert timing.eltwise_cycles(33, rows=16, operands=2) == SETUP + 6 + PIPE
+    # 2 channels, 3x3 output of 2x2 windows at stride 2 on 4 lanes: 3 passes (rows) of 2 items (kernel rows);
+    # 3 lanes span 2*2 + 2 = 6 bytes = 2 windows per channel; a tap is one cycle; drain 2 + PIPE
+    fill, drain = 2 * 2, 2 + PIPE
+    passes = [max(2, fill) + max(2, fill)] * 2 + [max(2, fill) + 2]
+    assert timing.pool_cycles(2, 3, 3, 2, 2, 2, rows=4) == (
+        SETUP + fill + passes[0] + max(passes[1], drain) + max(passes[2], drain) + drain)
+
+
+def test_window_limits() -> None:
+    assert line_reads(1, 3, 16, 16) == 2 and line_reads(2, 3, 16, 16) == 3 and line_reads(1, 1, 16, 16) == 1
+    assert line_reads(1, 3, 10, 16) == 1  # only the active lanes' bytes are read
+    assert window_limits(2, 7, (1, 1), 56, 16) is None
+    assert "dilation" in window_limits(1, 3, (2, 2), 56, 16)
+    assert "line holds 64" in window_limits(4, 5, (1, 1), 56, 16)
+    assert window_limits(7, 7, (1, 1), 1, 16) is None  # a global pooling: one lane
+
+
+def test_precision_rules_of_the_array() -> None:
+    PrecisionRegs(mode=Mode.SDP, g=4, k=3).validate()
+    with pytest.raises(ValueError, match="SDP needs g in"):
+        PrecisionRegs(mode=Mode.SDP, g=3, k=3).validate()
+    with pytest.raises(ValueError, match="powers of two"):
+        PrecisionRegs(mode=Mode.DRQ, rh=3, rw=4).validate()
+    PrecisionRegs(mode=Mode.DRQ, rh=2, rw=8).validate()
 
 
 def test_uniform_cost_equals_explicit_steps() -> None:
-    g = _geom(n_units=3, cout_g=5, oh=5, ow=7, kh=3, kw=3, pt=1, pl=1, pb=1, pr=1)
-    explicit = timing.conv_counters(torch.full((2, 3, 5, 7), 2), 2, 2, g, rows=4, cols=4, predictor_cycles=0)
+    g = _geom(cin_g=11, cout_g=5, oh=5, ow=7, kh=3, kw=3, pt=1, pl=1, pb=1, pr=1)
+    explicit = timing.conv_counters(torch.full((2, 11, 5, 7), 2), 2, 2, g, rows=4, cols=4, predictor_cycles=0)
     assert timing.conv_counters(None, 2, 2, g, rows=4, cols=4, predictor_cycles=0) == explicit
 
 
@@ -223,7 +274,7 @@ def test_laconic_term_counts_and_cycles_hand_examples() -> None:
     # Gemm over 3 inputs on 2 lanes: products of terms (1*2, 2*1, 0*1) -> lanes (2, 2), (0) -> 2 + max(1, 0)
     x = torch.tensor([1.0, 7.0, 0.0]).view(1, 3, 1, 1)
     w = np.array([3, 1, 2], dtype=np.int8).reshape(1, 3, 1, 1)
-    assert laconic.conv_cycles(x, w, _geom(n_units=3), rows=2, cols=1) == 3
+    assert laconic.conv_cycles(x, w, _geom(cin_g=3), rows=2, cols=1) == 3
     # PEs synchronise per group, not per element: lanes see channels (3, 0) and (0, 3) with unit weights,
     # each lane sums max(1, 2*1) + max(1, 0) = 3, so the group costs 3 (per-element sync would cost 2 + 2)
     x = torch.tensor([3.0, 0.0, 0.0, 3.0]).view(1, 2, 1, 2)

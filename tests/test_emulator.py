@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 
 import dynq
-from dynq.contract import MASK_GRID, Mode
+from dynq.contract import MASK_GRID, Mode, Op
+from dynq.contract.registers import DeviceError
 from tests import reference
 from tests.conftest import images
 
@@ -45,13 +46,19 @@ def test_every_tensor_matches_reference(ops_build: Path, mode: str, zero_skip: b
 
 
 def test_every_layer_dynamic_with_odd_settings(ops_build: Path) -> None:
-    """All convs (first conv and Gemm too) in DRQ with the high-part rule, then SDP with g=3, k=2."""
+    """All convs (first conv and Gemm too) in DRQ with the high-part rule, then every spatial layer in SDP
+    with groups of 8 over 12 channels (a padded group); SDP on the single-pixel Gemm is refused."""
     model = dynq.load(ops_build)
     x = images(3, SHAPE, seed=3, signed=True)
-    drq = [replace(r, mode=Mode.DRQ, insens_hi=True, rh=3, rw=2, threshold=40) for r in model.build.preset("int8")]
+    drq = [replace(r, mode=Mode.DRQ, insens_hi=True, rh=2, rw=8, threshold=40) for r in model.build.preset("int8")]
     _check_against_reference(model, x, drq)
-    sdp = [replace(r, mode=Mode.SDP, g=3, k=2, zero_skip=True) for r in model.build.preset("int8")]
+    kinds = [layer["kind"] for layer in model.build.manifest["layers"]]
+    sdp = [replace(r, mode=Mode.SDP, g=8, k=5, zero_skip=True) if kind != "gemm" else r
+           for r, kind in zip(model.build.preset("int8"), kinds, strict=True)]
     _check_against_reference(model, x, sdp)
+    everywhere = [replace(r, mode=Mode.SDP, g=8, k=5) for r in model.build.preset("int8")]
+    with pytest.raises(DeviceError, match="BAD_PRECISION.*single output pixel"):
+        model.run(x, registers=everywhere)
 
 
 def test_daq_mask(ops_build: Path) -> None:
@@ -81,7 +88,14 @@ def test_host_partitions_run_and_are_reported(host_model: Path, tmp_path: Path) 
     host_ops = {p.op for p in result.placements if p.where == "host"}
     assert {"LeakyRelu", "Sigmoid", "Mul", "Softmax"} <= host_ops
     assert {p.op for p in result.placements if p.where == "device"} >= {"Conv", "Gemm"}
+    assert any(p.op == "Conv" and p.where == "host" and "dilation" in p.reason for p in result.placements)
     x = images(8, (1, 8, 8), seed=8)
     ref = ort.InferenceSession(str(host_model)).run(None, {"input": x})[0]
     out = dynq.load(tmp_path / "b").run(x).output
     assert np.abs(out - ref).max() < 0.05
+
+
+def test_max_pool_fuses_into_conv(ops_build: Path) -> None:
+    """Conv -> ReLU -> 2x2 stride-2 MaxPool is one CONV with aux=1 (checked bit-exact by the tests above)."""
+    convs = [ins for ins in dynq.load(ops_build).build.instructions if ins.op == Op.CONV]
+    assert [ins.aux for ins in convs].count(1) == 1

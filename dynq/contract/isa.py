@@ -30,7 +30,8 @@ OP_DOCS: dict[Op, str] = {
         "Convolution (Gemm is a 1x1 convolution on a 1x1 map). `out[co,y,x] = clamp(requant(sum(x' * w) + "
         "bias[co], mult[co], shift[co]), clip_lo, clip_hi)` where x' is the input after the layer's "
         "precision rule (registers of `layer`). Weights int8 `[cout, cin/groups, kh, kw]` at `src1`; "
-        "per-channel int32 `bias, mult, shift` (3 x cout words) at `param`."
+        "per-channel int32 `bias, mult, shift` (3 x cout words) at `param`. `aux=1` fuses a 2x2 stride-2 max "
+        "pooling: `oh, ow` stay the convolution's, `dst` receives `[cout, oh // 2, ow // 2]`."
     ),
     Op.POOL: (
         "Pooling. `aux=0`: max over the window (padding never wins). `aux=1`: "
@@ -72,7 +73,7 @@ _FIELD_SPECS: tuple[tuple[str, int, bool, str], ...] = (
     ("s0_signed", 1, False, "src0 holds int8 (1) or uint8 (0)"),
     ("s1_signed", 1, False, "src1 holds int8 (1) or uint8 (0) (ADD only)"),
     ("out_signed", 1, False, "dst holds int8 (1) or uint8 (0)"),
-    ("aux", 4, False, "POOL: 0 max, 1 average"),
+    ("aux", 4, False, "POOL: 0 max, 1 average; CONV: 1 fused 2x2 max pooling"),
     ("src0", 32, False, "byte offset of the input tensor in the activation arena"),
     ("src1", 32, False, "CONV: byte offset of the weights in the weight image; ADD: second input in the arena"),
     ("dst", 32, False, "byte offset of the output tensor in the activation arena"),

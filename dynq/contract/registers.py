@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, fields
 
+from dynq.contract.array import REGION_MAX, SDP_G_VALUES, is_pow2
 from dynq.errors import DynqError
 
 MAX_LAYERS = 256
@@ -228,10 +229,11 @@ class PrecisionRegs:
     def validate(self) -> None:
         """Raises ValueError for settings the overlay rejects (it would flag BAD_PRECISION)."""
         self.to_words()
-        if self.mode == Mode.DRQ and (self.rh < 1 or self.rw < 1):
-            raise ValueError(f"DRQ region {self.rh}x{self.rw} must be at least 1x1")
-        if self.mode == Mode.SDP and not (1 <= self.g and 0 <= self.k <= 2 * self.g):
-            raise ValueError(f"SDP needs g >= 1 and 0 <= k <= 2g, got g={self.g} k={self.k}")
+        if self.mode == Mode.DRQ and not all(is_pow2(v) and v <= REGION_MAX for v in (self.rh, self.rw)):
+            raise ValueError(f"DRQ region {self.rh}x{self.rw}: height and width must be powers of two up to "
+                             f"{REGION_MAX}")
+        if self.mode == Mode.SDP and not (self.g in SDP_G_VALUES and 0 <= self.k <= 2 * self.g):
+            raise ValueError(f"SDP needs g in {SDP_G_VALUES} and 0 <= k <= 2g, got g={self.g} k={self.k}")
 
 
 def pack_mask(mask) -> list[int]:  # noqa: ANN001 - numpy array, kept import-free

@@ -1,22 +1,31 @@
 """The cycle model: the specification of the overlay's timing, per instruction.
 
-The PE array has `rows` lanes and `cols` columns. A CONV maps consecutive output pixels (raster order)
-onto the lanes of a *row tile* and output channels of one convolution group onto the columns of a
-*column tile*. For each (row tile, column tile) the array streams the reduction in the order
-(kh, kw, input-channel unit); a unit is one channel, or one SDP group of `g` channels. Every lane
-spends `n` steps on a unit (its term parts to multiply); lanes are lock-stepped per unit, so the
-array spends `max(n)` cycles and a lane with fewer steps stalls. Afterwards the active lanes drain
-their outputs through the requantizer, one lane per cycle, behind a pipeline of PIPE_CYCLES; the PEs
-have two accumulator banks, so a drain overlaps the next pass's compute.
+The PE array has `rows` lanes and `cols` columns. A CONV runs in *passes*: a pass is one output row `oy`,
+`rows` consecutive output pixels of it (an x tile; lanes past the row's end idle), and up to `cols` output
+channels of one convolution group (a column tile), in the order (group, column tile, oy, x tile). A pass
+streams its reduction as *items* (kernel row `a`, block of `BLOCK` input channels). For an item the array
+first fills one *line* per channel of the block: the bytes of input row `oy*sh + a - pt` that lanes need for
+every kernel column (`line_reads` arena windows per channel). Then, per kernel column `b` (a *tap*), it
+works through the block's sync *units* (one channel; or one SDP group of g channels): every lane spends `n`
+steps on a unit (its term parts to multiply), lanes are lock-stepped, so a unit costs the slowest lane's
+steps (0 when every lane has nothing to do) and a tap at least one cycle (its weight word).
 
-A group with fewer output channels than half the columns (depthwise convolutions, a 6-channel first
-layer) would leave columns idle, so several work items share the columns, lock-stepped together.
+Line filling, compute and draining overlap in *phases*: while the PEs compute item i, the other set of
+line registers fills for item i+1, and while the first item of a pass computes, the previous pass drains
+(two accumulator banks) one output channel per cycle behind PIPE_CYCLES of requantizer. A phase lasts as
+long as the longest of the three, so
 
-A layer with a single output pixel (a Gemm, or a 1x1 conv on a 1x1 map) would leave all lanes but
-one idle, so it is mapped the other way: the lanes split the reduction (lane r takes units r, r+rows,
-...), each accumulates a partial sum, and an adder tree joins the lanes in REDUCE_CYCLES at the end.
+    busy = SETUP + predictor + fill(0) + sum_i max(compute(i), fill(i+1), drain before i) + last drain
 
-The emulator computes these counters; the RTL's counters must equal them cycle for cycle.
+A layer with one output pixel and a 1x1 kernel (a Gemm) is *reduction-split*: lane j takes input channel
+`chunk*rows + j`, every PE has its own weight, and `rows // BLOCK` weight words per chunk bound its pace
+(a term part takes at most two steps, which fits). Its drain adds the lanes of each column in an adder
+tree of log2(rows) stages.
+
+POOL uses the same passes with a block of channels on the columns (one value per tap, no term parts).
+DRQ layers first run the region predictor over their input (`predictor_cycles`); DAQ layers first expand
+the region mask into a level per input pixel. The emulator computes these counters; the RTL's counters
+must equal them cycle for cycle.
 """
 
 from __future__ import annotations
@@ -28,19 +37,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dynq.contract.array import BLOCK, line_reads
+
 LAYER_SETUP_CYCLES = 8
 """Instruction fetch (two 32-bit words per cycle) and the checks of the fetched fields, per instruction."""
 PIPE_CYCLES = 4
-"""Arena read, then the requantizer's three stages (product, rounding term, shift and clamp), paid once
-after the last read of an instruction (or tile)."""
+"""Arena (or accumulator) read, then the requantizer's three stages (product, rounding term, shift and
+clamp), paid once after the last read of an instruction (or pass)."""
 NOP_CYCLES = 1
-REDUCE_CYCLES = 4
-"""Cross-lane adder tree of the reduction-split mapping (log2 of 16 lanes; fixed for every array)."""
+PREDICTOR_GAP_CYCLES = 4
+"""DRQ predictor: from a band's last window read to its first flag write (read, segment sums, accumulate,
+compare)."""
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def reduce_cycles(rows: int) -> int:
+    """Stages of the cross-lane adder tree of the reduction-split mapping."""
+    return max(1, (rows - 1).bit_length())
 
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    n_units: int  # sync units per convolution group
+    cin_g: int  # input channels per convolution group
+    g: int  # channels per sync unit (SDP's g; 1 otherwise)
     groups: int
     cout_g: int
     oh: int
@@ -49,36 +71,53 @@ class ConvGeometry:
     kw: int
     sh: int
     sw: int
-    dh: int
-    dw: int
     pt: int
     pl: int
     pb: int
     pr: int
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def conv_tiles(g: ConvGeometry, rows: int, cols: int) -> tuple[int, int]:
-    """(row tiles, column tiles per group)."""
-    return ceil_div(g.oh * g.ow, rows), ceil_div(g.cout_g, cols)
+    @property
+    def n_units(self) -> int:
+        return ceil_div(self.cin_g, self.g)
 
 
-def column_packing(g: ConvGeometry, cols: int) -> int:
-    """Work items side by side on the columns: a group with fewer output channels than half the columns
-    leaves room for more (depthwise: one channel per column block)."""
-    return max(1, cols // g.cout_g) if g.cout_g < cols else 1
+def reduction_split(g: ConvGeometry) -> bool:
+    """Single-output-pixel layers put the reduction, not the pixels, on the lanes."""
+    return g.oh * g.ow == 1 and g.kh * g.kw == 1 and g.pt + g.pl + g.pb + g.pr == 0
 
 
-def _items_lanes(g: ConvGeometry, rows: int) -> np.ndarray:
-    """Active lanes of every work item, items ordered (row tile, group)."""
-    p = g.oh * g.ow
-    tiles = ceil_div(p, rows)
-    per_tile = np.full(tiles, rows)
-    per_tile[-1] = p - (tiles - 1) * rows
-    return np.repeat(per_tile, g.groups)
+def packing(g: ConvGeometry, cols: int) -> int:
+    """Passes side by side on the array (1: none). A pass that needs at most half the columns and half the
+    line registers shares them with the next passes: the next convolution groups (grouped and depthwise
+    convolutions), or the next output rows (a convolution with few output channels). Each shares nothing
+    with the others but the lock-step."""
+    pack = min(BLOCK // g.cin_g, cols // g.cout_g, g.groups if g.groups > 1 else g.oh)
+    return pack if pack >= 2 and not reduction_split(g) else 1
+
+
+def _widths(total: int, per: int) -> np.ndarray:
+    """Sizes of the consecutive chunks of `per` that cover `total`."""
+    n = ceil_div(total, per)
+    widths = np.full(n, per)
+    widths[-1] = total - (n - 1) * per
+    return widths
+
+
+def _passes(compute: torch.Tensor, fill: np.ndarray, items_per_pass: int, drain: np.ndarray) -> torch.Tensor:
+    """Cycles of a stream of passes per image.
+
+    `compute` is [images, items] and `fill` [items] (the cycles to fill an item's lines): while the PEs
+    compute item i the lines of item i+1 fill, so an item lasts max(compute(i), fill(i+1)). A pass's
+    drain (`drain` [passes]) overlaps the next pass (two accumulator banks, one drain unit), so a pass
+    after the first lasts max(its items, the previous drain).
+    """
+    fill_t = torch.from_numpy(fill.astype(np.int64))
+    fill_next = torch.cat([fill_t[1:], fill_t.new_zeros(1)])
+    items = torch.maximum(compute, fill_next)
+    per_pass = items.view(items.shape[0], -1, items_per_pass).sum(dim=2)
+    drains = torch.from_numpy(drain.astype(np.int64))
+    overlapped = torch.maximum(per_pass[:, 1:], drains[:-1]).sum(dim=1)
+    return per_pass[:, 0] + overlapped + int(fill[0]) + int(drains[-1])
 
 
 def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: ConvGeometry, rows: int, cols: int,
@@ -87,122 +126,151 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
 
     `steps` is [batch, groups * n_units, ih, iw]: the steps each input position costs a lane in each sync
     unit (0, 1 or 2 for one channel; 0..k for an SDP group), or None when every position costs
-    `pad_steps`. Padding positions cost `pad_steps`. `predictor_cycles` are the cycles of the DRQ region
-    predictor's pass over the input (0 otherwise).
-
-    Work items are (row tile, group) pairs; when a group has few output channels, `column_packing` of them
-    share the columns and run lock-stepped together (a pack). A pass (one pack on one column tile) computes,
-    then drains one cycle per lane of its widest item; with two accumulator banks a drain overlaps the next
-    pass's compute (`_pipelined`).
+    `pad_steps`. Padding positions cost `pad_steps`. `predictor_cycles` are the cycles of the DRQ
+    predictor's (or the DAQ mask expansion's) pass over the input before the layer (0 otherwise).
     """
-    row_tiles, col_tiles = conv_tiles(g, rows, cols)
     if reduction_split(g):
-        overhead = col_tiles * g.groups * (PIPE_CYCLES + REDUCE_CYCLES + 1)
-        units = g.groups * g.n_units
-        if steps is None:
-            compute = batch * g.groups * ceil_div(g.n_units, rows) * pad_steps
-            stall, lane_steps = 0, batch * units * pad_steps
-        else:
-            compute, stall, lane_steps = _split_lanes(steps.reshape(batch, g.groups, g.n_units), rows)
-        busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles + overhead) + col_tiles * compute
-    elif steps is None:  # uniform cost: no data-dependent work, the same for every image
-        passes, compute = _uniform_passes(g, rows, cols, pad_steps)
-        stall, lane_steps = 0, batch * g.groups * g.n_units * g.kh * g.kw * g.oh * g.ow * pad_steps
-        busy, compute = batch * (LAYER_SETUP_CYCLES + predictor_cycles + passes), batch * compute
+        return _split_counters(steps, batch, pad_steps, g, rows, cols, predictor_cycles)
+    if steps is None:  # the same for every image: model one
+        compute, stall, lane_steps = _uniform_lockstep(g, rows, cols, pad_steps)
+        images, stall, lane_steps = batch, batch * stall, batch * lane_steps
     else:
-        pack, widest = _packs(g, rows, cols)
-        per_pack, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, pack)
-        passes = _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles))
-        busy, compute = batch * (LAYER_SETUP_CYCLES + predictor_cycles) + passes, int(per_pack.sum())
+        compute, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, cols)
+        images = 1
+    layout = _layout(g, rows, cols)
+    compute = compute.view(compute.shape[0], -1, 1, layout.items_per_group).expand(-1, -1, layout.col_tiles, -1)
+    compute = compute.reshape(compute.shape[0], -1)
+    cycles = images * int(_passes(compute, layout.fill, layout.items_per_pass, layout.drain).sum())
+    return {
+        "busy_cycles": batch * (LAYER_SETUP_CYCLES + predictor_cycles) + cycles,
+        "compute_cycles": images * int(compute.sum()),
+        "stall_cycles": layout.col_tiles * stall,
+        "mac_steps": g.cout_g * lane_steps,
+    }
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The data-independent shape of a CONV's pass stream, in pass order (group pack, column tile, output-row
+    pack, x tile) and item order (kernel row, block)."""
+
+    col_tiles: int
+    items_per_pass: int
+    items_per_group: int  # items of one group pack on one column tile
+    fill: np.ndarray  # [items]
+    drain: np.ndarray  # [passes]
+
+
+@cache
+def _layout(g: ConvGeometry, rows: int, cols: int) -> _Layout:
+    pack = packing(g, cols)
+    by_groups = pack > 1 and g.groups > 1
+    group_packs = _widths(g.groups, pack) if by_groups else np.ones(g.groups, dtype=np.int64)
+    row_packs = _widths(g.oh, pack) if pack > 1 and not by_groups else np.ones(g.oh, dtype=np.int64)
+    lanes = _widths(g.ow, rows)
+    col_w = _widths(g.cout_g, cols)
+    blocks = _widths(g.cin_g, BLOCK // pack)
+    per_pass = g.kh * len(blocks)
+    # per pass (group pack, column tile, row pack, x tile): passes side by side, then the pass's items
+    side = np.multiply.outer(np.multiply.outer(group_packs, np.ones(len(col_w), dtype=np.int64)), row_packs)
+    side = np.multiply.outer(side, np.ones(len(lanes), dtype=np.int64)).reshape(-1)
+    active = np.tile(lanes, len(group_packs) * len(col_w) * len(row_packs))
+    reads = np.array([line_reads(g.sw, g.kw, int(n), rows) for n in active])
+    fill = np.repeat(side * reads, per_pass) * np.tile(blocks, len(side) * g.kh)
+    cols_of_pass = np.repeat(np.tile(col_w, len(group_packs)), len(row_packs) * len(lanes)) * side
+    return _Layout(len(col_w), per_pass, len(row_packs) * len(lanes) * per_pass, fill, cols_of_pass + PIPE_CYCLES)
+
+
+def _taps(padded: torch.Tensor, g: ConvGeometry, a: int, b: int) -> torch.Tensor:
+    """The input positions every output pixel reads at kernel tap (a, b): [..., oh, ow]."""
+    return padded[..., a:a + g.sh * (g.oh - 1) + 1:g.sh, b:b + g.sw * (g.ow - 1) + 1:g.sw]
+
+
+def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
+              cols: int) -> tuple[torch.Tensor, int, int]:
+    """Compute cycles of every item of one column tile ([images, items], items in pass order), the total
+    of (slowest - fastest lane) over units, and the total of all lane steps."""
+    n = steps.shape[0]
+    pack = packing(g, cols)
+    by_groups = pack > 1 and g.groups > 1
+    tiles = ceil_div(g.ow, rows)
+    per_block = max(1, BLOCK // pack // g.g)
+    blocks = ceil_div(g.n_units, per_block)
+    padded = F.pad(steps.to(torch.int16), (g.pl, g.pr, g.pt, g.pb), value=pad_steps)
+    padded = padded.view(n, g.groups, g.n_units, *padded.shape[2:])
+    idle = torch.iinfo(torch.int16).max
+    rows_cost = []
+    stall = total = 0
+    for a in range(g.kh):
+        row = 0
+        for b in range(g.kw):
+            tap = _taps(padded, g, a, b)  # [n, groups, units, oh, ow]
+            total += int(tap.sum())
+            lanes = F.pad(tap, (0, tiles * rows - g.ow), value=-1).view(n, g.groups, g.n_units, g.oh, tiles, rows)
+            if by_groups:  # [n, group packs, units, oh, tiles, pack * rows]
+                lanes = F.pad(lanes, (0, 0, 0, 0, 0, 0, 0, 0, 0, ceil_div(g.groups, pack) * pack - g.groups), value=-1)
+                lanes = lanes.view(n, -1, pack, g.n_units, g.oh, tiles, rows).permute(0, 1, 3, 4, 5, 2, 6)
+            elif pack > 1:  # [n, 1, units, row packs, tiles, pack * rows]
+                lanes = F.pad(lanes, (0, 0, 0, 0, 0, ceil_div(g.oh, pack) * pack - g.oh), value=-1)
+                lanes = lanes.view(n, 1, g.n_units, -1, pack, tiles, rows).transpose(4, 5)
+            lanes = lanes.reshape(*lanes.shape[:5], -1)
+            slowest = lanes.amax(dim=-1)
+            fastest = torch.where(lanes < 0, idle, lanes).amin(dim=-1)
+            stall += int((slowest - torch.minimum(fastest, slowest)).sum())
+            units = F.pad(slowest, (0, 0, 0, 0, 0, blocks * per_block - g.n_units))
+            row = row + units.view(n, units.shape[1], blocks, per_block, *units.shape[3:]).sum(dim=3).clamp_(min=1)
+        rows_cost.append(row)
+    cost = torch.stack(rows_cost, dim=2)  # [n, group packs, kh, blocks, row packs, tiles]
+    return cost.permute(0, 1, 4, 5, 2, 3).reshape(n, -1), stall, total
+
+
+@cache
+def _uniform_lockstep(g: ConvGeometry, rows: int, cols: int, pad_steps: int) -> tuple[torch.Tensor, int, int]:
+    """`_lockstep` of one image whose every position costs `pad_steps`."""
+    ih = g.sh * (g.oh - 1) + g.kh - g.pt - g.pb
+    iw = g.sw * (g.ow - 1) + g.kw - g.pl - g.pr
+    steps = torch.full((1, g.groups * g.n_units, max(ih, 1), max(iw, 1)), pad_steps, dtype=torch.int16)
+    return _lockstep(steps, pad_steps, g, rows, cols)
+
+
+def _split_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: ConvGeometry, rows: int, cols: int,
+                    predictor_cycles: int) -> dict[str, int]:
+    """Reduction-split: per chunk of `rows` channels, `rows // BLOCK` weight words into the PEs bound the pace
+    (lanes' steps, at most 2, fit in them); data-independent but for the statistics."""
+    words = rows // BLOCK
+    chunks = ceil_div(g.cin_g, rows)
+    col_w = _widths(g.cout_g, cols)
+    passes = g.groups * len(col_w)
+    compute = torch.full((1, passes * chunks), words, dtype=torch.int64)
+    fill = np.full(passes * chunks, words)
+    drain = np.tile(col_w, g.groups) + PIPE_CYCLES + reduce_cycles(rows)
+    busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles + int(_passes(compute, fill, chunks, drain).sum()))
+    if steps is None:
+        stall, lane_steps = 0, batch * g.groups * g.cin_g * pad_steps
+    else:
+        lanes = F.pad(steps.view(batch, g.groups, g.cin_g).to(torch.int16), (0, chunks * rows - g.cin_g), value=-1)
+        lanes = lanes.view(batch, g.groups, chunks, rows)
+        fastest = torch.where(lanes < 0, torch.iinfo(torch.int16).max, lanes).amin(dim=-1)
+        stall, lane_steps = int((lanes.amax(dim=-1) - fastest).sum()), int(steps.sum())
     return {
         "busy_cycles": busy,
-        "compute_cycles": col_tiles * compute,
-        "stall_cycles": col_tiles * stall,
+        "compute_cycles": batch * int(compute.sum()),
+        "stall_cycles": len(col_w) * stall,
         "mac_steps": g.cout_g * lane_steps,
     }
 
 
 @cache
-def _packs(g: ConvGeometry, rows: int, cols: int) -> tuple[int, torch.Tensor]:
-    """Work items per pack, and the drain cycles (widest item's lanes) of every pack."""
-    pack = column_packing(g, cols)
-    lanes = _items_lanes(g, rows)
-    packs = ceil_div(len(lanes), pack)
-    return pack, torch.from_numpy(np.pad(lanes, (0, packs * pack - len(lanes))).reshape(packs, pack).max(axis=1))
-
-
-@cache
-def _uniform_passes(g: ConvGeometry, rows: int, cols: int, pad_steps: int) -> tuple[int, int]:
-    """Pass cycles and compute cycles of one image when every position costs `pad_steps`."""
-    _, widest = _packs(g, rows, cols)
-    col_tiles = conv_tiles(g, rows, cols)[1]
-    per_pack = torch.full((1, len(widest)), g.kh * g.kw * g.n_units * pad_steps, dtype=torch.int64)
-    return _pipelined(per_pack.repeat(1, col_tiles) + PIPE_CYCLES, widest.repeat(col_tiles)), int(per_pack.sum())
-
-
-def _pipelined(compute: torch.Tensor, drain: torch.Tensor) -> int:
-    """Cycles of passes whose drains overlap the next pass's compute (two accumulator banks): the first
-    compute, then each pass waits for the longer of its compute and the previous drain, then the last drain.
-    `compute` is [images, passes] (pipeline latency included), `drain` is [passes]."""
-    overlap = torch.maximum(compute[:, 1:], drain[:-1]).sum(dim=1)
-    return int((compute[:, 0] + overlap + drain[-1]).sum())
-
-
-def reduction_split(g: ConvGeometry) -> bool:
-    """Single-output-pixel layers put the reduction, not the pixels, on the lanes."""
-    return g.oh * g.ow == 1 and g.kh * g.kw == 1 and g.pt + g.pl + g.pb + g.pr == 0
-
-
-def _split_lanes(steps: torch.Tensor, rows: int) -> tuple[int, int, int]:
-    """Lanes take units round-robin; each step of the lanes waits for the slowest of them."""
-    batch, groups, units = steps.shape
-    chunks = ceil_div(units, rows)
-    lanes = F.pad(steps.to(torch.int16), (0, chunks * rows - units), value=-1).view(batch, groups, chunks, rows)
-    slowest, fastest = _slowest_fastest(lanes)
-    return int(slowest.sum()), int((slowest - fastest).sum()), int(steps.sum())
-
-
-def _slowest_fastest(lanes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max and min over the last axis of lane steps, ignoring inactive lanes (marked -1)."""
-    slowest = lanes.max(dim=-1).values
-    fastest = torch.where(lanes < 0, torch.full_like(lanes, torch.iinfo(lanes.dtype).max), lanes).min(dim=-1).values
-    return slowest, fastest
-
-
-def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
-              pack: int) -> tuple[torch.Tensor, int, int]:
-    """Per image and pack, the sum over taps and units of the slowest lane ([images, packs]); the total of
-    (slowest - fastest); and the total of all lane steps."""
-    n = steps.shape[0]
-    padded = F.pad(steps.to(torch.int16), (g.pl, g.pr, g.pt, g.pb), value=pad_steps)
-    p = g.oh * g.ow
-    tiles = ceil_div(p, rows)
-    items = tiles * g.groups
-    packs = ceil_div(items, pack)
-    per_pack = torch.zeros((n, packs), dtype=torch.int64)
-    stall = total = 0
-    for a in range(g.kh):
-        for b in range(g.kw):
-            y0, x0 = a * g.dh, b * g.dw
-            tap = padded[:, :, y0:y0 + g.sh * (g.oh - 1) + 1:g.sh, x0:x0 + g.sw * (g.ow - 1) + 1:g.sw]
-            flat = tap.reshape(n, g.groups, g.n_units, p)
-            total += int(flat.sum())
-            flat = F.pad(flat, (0, tiles * rows - p), value=-1).view(n, g.groups, g.n_units, tiles, rows)
-            work = flat.permute(0, 3, 1, 2, 4).reshape(n, items, g.n_units, rows)  # items ordered (tile, group)
-            work = F.pad(work, (0, 0, 0, 0, 0, packs * pack - items), value=-1)
-            lanes = work.view(n, packs, pack, g.n_units, rows).transpose(2, 3).reshape(n, packs, g.n_units, -1)
-            slowest, fastest = _slowest_fastest(lanes)
-            per_pack += slowest.sum(dim=2)
-            stall += int((slowest - fastest).sum())
-    return per_pack, stall, total
-
-
-def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, rows: int, cols: int, average: bool) -> int:
-    """POOL: `rows * cols` outputs at a time (a comparator or adder per PE, fed by the full-width input path),
-    one window element per cycle; average pooling then requantizes `rows` outputs per cycle."""
-    outputs = channels * oh * ow
-    requant = ceil_div(outputs, rows) if average else 0
-    return LAYER_SETUP_CYCLES + ceil_div(outputs, rows * cols) * kh * kw + requant + PIPE_CYCLES
+def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, sw: int, rows: int) -> int:
+    """POOL: passes (block of BLOCK channels, oy, x tile), items = kernel rows; a tap is one cycle for every
+    lane and channel of the block (a comparator or adder per PE); the drain writes one channel per cycle."""
+    blocks = _widths(channels, BLOCK)
+    lanes = _widths(ow, rows)
+    per_pass_channels = np.repeat(blocks, oh * len(lanes))
+    reads = np.tile([line_reads(sw, kw, int(n), rows) for n in lanes], len(blocks) * oh)
+    fill = np.repeat(per_pass_channels * reads, kh)
+    compute = torch.full((1, len(fill)), kw, dtype=torch.int64)
+    return LAYER_SETUP_CYCLES + int(_passes(compute, fill, kh, per_pass_channels + PIPE_CYCLES).sum())
 
 
 def eltwise_cycles(elements: int, rows: int, operands: int) -> int:
@@ -211,7 +279,12 @@ def eltwise_cycles(elements: int, rows: int, operands: int) -> int:
     return LAYER_SETUP_CYCLES + operands * ceil_div(elements, rows) + PIPE_CYCLES
 
 
-def predictor_cycles(values: int, rows: int, cols: int) -> int:
-    """DRQ region predictor: one pass over the layer's input before the layer, `rows * cols` values per cycle
-    (the input path that feeds every PE its own value when narrow groups are packed)."""
-    return ceil_div(values, rows * cols)
+def predictor_cycles(channels: int, ih: int, iw: int, rows: int) -> int:
+    """DRQ region predictor: one pass over the input, a window a cycle, summing |x| per region; each band's
+    flags are compared and written while the next band is read, so only the last band's gap shows."""
+    return channels * ih * ceil_div(iw, rows) + PREDICTOR_GAP_CYCLES
+
+
+def mask_cycles(ih: int, iw: int, rows: int) -> int:
+    """DAQ: the region mask expanded into one level per input pixel (shared by all channels), a window a cycle."""
+    return ih * ceil_div(iw, rows) + PREDICTOR_GAP_CYCLES

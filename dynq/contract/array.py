@@ -1,0 +1,40 @@
+"""Structural constants of the PE array that bound what a layer or a precision setting may ask for.
+
+They live apart from `timing` (which needs torch) so that the register map and a board-side driver can
+check settings without importing the cycle model.
+"""
+
+from __future__ import annotations
+
+BLOCK = 8
+"""Input channels the array takes together: one weight word holds BLOCK channels x `cols` output channels of
+one kernel tap, and the line registers hold BLOCK input channels. SDP groups must fit a block."""
+LINE_WINDOWS = 4
+"""A line register holds LINE_WINDOWS * rows bytes of one input row: lane j reads byte stride*j + tap."""
+MAX_DILATION = 1
+"""The lines shift by one byte per kernel tap, so the array runs undilated kernels only."""
+REGION_MAX = 16
+"""DRQ regions are powers of two up to this in both dimensions, so an aligned arena window covers whole
+regions and a region row is found by a shift."""
+SDP_G_VALUES = tuple(1 << i for i in range(BLOCK.bit_length()))
+"""Allowed SDP group sizes: powers of two up to BLOCK."""
+
+
+def is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def line_reads(stride: int, kw: int, lanes: int, rows: int) -> int:
+    """Arena windows (rows bytes each) that fill one line: the bytes `lanes` active lanes need for every tap."""
+    return -(-(stride * (lanes - 1) + kw) // rows)
+
+
+def window_limits(stride: int, kw: int, dilation: tuple[int, int], ow: int, rows: int) -> str | None:
+    """Why the array cannot run a window of this shape over an output `ow` wide, or None when it can."""
+    if max(dilation) > MAX_DILATION:
+        return f"dilation {dilation} is not supported (the array runs dilation 1 only)"
+    lanes = min(ow, rows)
+    if line_reads(stride, kw, lanes, rows) > LINE_WINDOWS:
+        return (f"stride {stride} with a kernel {kw} wide needs {stride * (lanes - 1) + kw} bytes of an input "
+                f"row per line; the line holds {LINE_WINDOWS * rows}")
+    return None
