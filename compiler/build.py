@@ -214,7 +214,7 @@ def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, An
     return presets
 
 
-COST_IMAGES = 32
+COST_IMAGES = 8
 """Calibration images the cost check runs the cycle model on."""
 
 

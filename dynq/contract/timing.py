@@ -132,18 +132,31 @@ def conv_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: Con
     if reduction_split(g):
         return _split_counters(steps, batch, pad_steps, g, rows, cols, predictor_cycles)
     if steps is None:  # the same for every image: model one
-        compute, stall, lane_steps = _uniform_lockstep(g, rows, cols, pad_steps)
-        images, stall, lane_steps = batch, batch * stall, batch * lane_steps
-    else:
-        compute, stall, lane_steps = _lockstep(steps, pad_steps, g, rows, cols)
-        images = 1
+        one = _uniform_counters(g, rows, cols, pad_steps)
+        return {key: batch * value for key, value in one.items()} | {
+            "busy_cycles": batch * (LAYER_SETUP_CYCLES + predictor_cycles + one["busy_cycles"])}
+    return _array_counters(*_lockstep(steps, pad_steps, g, rows, cols), g, rows, cols,
+                           batch * (LAYER_SETUP_CYCLES + predictor_cycles))
+
+
+@cache
+def _uniform_counters(g: ConvGeometry, rows: int, cols: int, pad_steps: int) -> dict[str, int]:
+    """The counters of one image whose every position costs `pad_steps` (busy without the setup)."""
+    ih = g.sh * (g.oh - 1) + g.kh - g.pt - g.pb
+    iw = g.sw * (g.ow - 1) + g.kw - g.pl - g.pr
+    steps = torch.full((1, g.groups * g.n_units, max(ih, 1), max(iw, 1)), pad_steps, dtype=torch.int16)
+    return _array_counters(*_lockstep(steps, pad_steps, g, rows, cols), g, rows, cols, 0)
+
+
+def _array_counters(compute: torch.Tensor, stall: int, lane_steps: int, g: ConvGeometry, rows: int, cols: int,
+                    overhead: int) -> dict[str, int]:
+    """Counters from the compute cycles of one column tile's items ([images, items]) and the lane totals."""
     layout = _layout(g, rows, cols)
     compute = compute.view(compute.shape[0], -1, 1, layout.items_per_group).expand(-1, -1, layout.col_tiles, -1)
     compute = compute.reshape(compute.shape[0], -1)
-    cycles = images * int(_passes(compute, layout.fill, layout.items_per_pass, layout.drain).sum())
     return {
-        "busy_cycles": batch * (LAYER_SETUP_CYCLES + predictor_cycles) + cycles,
-        "compute_cycles": images * int(compute.sum()),
+        "busy_cycles": overhead + int(_passes(compute, layout.fill, layout.items_per_pass, layout.drain).sum()),
+        "compute_cycles": int(compute.sum()),
         "stall_cycles": layout.col_tiles * stall,
         "mac_steps": g.cout_g * lane_steps,
     }
@@ -222,15 +235,6 @@ def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
         rows_cost.append(row)
     cost = torch.stack(rows_cost, dim=2)  # [n, group packs, kh, blocks, row packs, tiles]
     return cost.permute(0, 1, 4, 5, 2, 3).reshape(n, -1), stall, total
-
-
-@cache
-def _uniform_lockstep(g: ConvGeometry, rows: int, cols: int, pad_steps: int) -> tuple[torch.Tensor, int, int]:
-    """`_lockstep` of one image whose every position costs `pad_steps`."""
-    ih = g.sh * (g.oh - 1) + g.kh - g.pt - g.pb
-    iw = g.sw * (g.ow - 1) + g.kw - g.pl - g.pr
-    steps = torch.full((1, g.groups * g.n_units, max(ih, 1), max(iw, 1)), pad_steps, dtype=torch.int16)
-    return _lockstep(steps, pad_steps, g, rows, cols)
 
 
 def _split_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: ConvGeometry, rows: int, cols: int,
