@@ -15,7 +15,7 @@ import numpy as np
 from dynq.boards import Arch
 from dynq.compiler.graph import CompileError, Graph, Node
 from dynq.compiler.passes import QuantInfo, clip_bounds
-from dynq.contract import MAX_LAYERS, Op, encode, timing
+from dynq.contract import MAX_LAYERS, Op, encode, layout, timing
 from dynq.contract.isa import EncodeError
 from dynq.contract.numerics import ACC_BITS, WEIGHT_MAX, accumulator_bound, quantize_multiplier, value_range
 
@@ -149,7 +149,9 @@ class Lowerer:
         self.layers.append(layer)
         return layer
 
-    def _blob(self, data: bytes) -> int:
+    def _blob(self, data: bytes, align: int = 4) -> int:
+        """Appends to the weight image at a multiple of `align` bytes; returns the offset."""
+        self.weights += b"\0" * (-len(self.weights) % align)
         offset = len(self.weights)
         self.weights += data + b"\0" * (-len(data) % 4)
         return offset
@@ -206,22 +208,24 @@ class Lowerer:
             raise CompileError(f"{self.source}: {node.name}: the int32 accumulator could overflow "
                                f"(bound {bound:.3g}); split the layer")
         ms = [quantize_multiplier(float(r)) for r in acc_scale / out.scale]
-        params = np.stack([bias, [m for m, _ in ms], [s for _, s in ms]]).astype("<i4")
+        params = (bias, np.array([m for m, _ in ms]), np.array([s for _, s in ms]))
         lo, hi = self._clip_q(out, clip)
         pooled = node.attr("pool")  # the conv's own output shape, when a 2x2 max pooling is fused into it
         oh, ow = (pooled[-2], pooled[-1]) if pooled else (out.shape[1], out.shape[2])
-        split = timing.reduction_split(timing.ConvGeometry(cin_g, 1, groups, cout // groups, oh, ow, k[0], k[1],
-                                                           strides[0], strides[1], *pads))
+        geom = timing.ConvGeometry(cin_g, 1, groups, cout // groups, oh, ow, k[0], k[1], strides[0], strides[1],
+                                   *pads)
+        split = timing.reduction_split(geom)
         # single-pixel layers (Gemm-like) stay 8-bit, like the first convolution
         dynamic = node.op == "Conv" and self.seen_conv and not split
         self.seen_conv = self.seen_conv or node.op == "Conv"
         layer = self._layer(node, "gemm" if node.op == "Gemm" else "conv", dynamic)
         layer.input, layer.output, layer.groups = x.name, out.name, groups
+        src1 = self._blob(layout.conv_weight_bytes(wq, geom, self.arch.cols), layout.word_bytes(self.arch.cols))
+        param = self._blob(layout.param_bytes(*params), layout.PARAM_BYTES)
         self._emit(Op.CONV, layer, s0_signed=int(x.signed), out_signed=int(out.signed), aux=int(bool(pooled)),
-                   src0=x.offset, src1=self._blob(wq.astype(np.int8).tobytes()), dst=out.offset,
-                   param=self._blob(params.tobytes()), cin=xin[0], cout=cout, ih=xin[1], iw=xin[2], oh=oh,
-                   ow=ow, kh=k[0], kw=k[1], sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1], pt=pads[0],
-                   pl=pads[1], pb=pads[2], pr=pads[3], groups=groups, clip_lo=lo, clip_hi=hi)
+                   src0=x.offset, src1=src1, dst=out.offset, param=param, cin=xin[0], cout=cout, ih=xin[1],
+                   iw=xin[2], oh=oh, ow=ow, kh=k[0], kw=k[1], sh=strides[0], sw=strides[1], dh=dil[0], dw=dil[1],
+                   pt=pads[0], pl=pads[1], pb=pads[2], pr=pads[3], groups=groups, clip_lo=lo, clip_hi=hi)
 
     def _weights(self, name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if name in self.quant.weights:

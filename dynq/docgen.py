@@ -15,6 +15,7 @@ from dynq.contract import (
     Op,
     array,
     artifacts,
+    layout,
     numerics,
     registers,
     timing,
@@ -70,6 +71,7 @@ def isa_markdown() -> str:
         (timing.__doc__ or "").strip(),
         _table(["constant", "value"], [["LAYER_SETUP_CYCLES", timing.LAYER_SETUP_CYCLES],
                                        ["PIPE_CYCLES", timing.PIPE_CYCLES],
+                                       ["FILL_LATENCY", timing.FILL_LATENCY],
                                        ["PREDICTOR_GAP_CYCLES", timing.PREDICTOR_GAP_CYCLES],
                                        ["NOP_CYCLES", timing.NOP_CYCLES], ["BLOCK (channels)", array.BLOCK],
                                        ["LINE_WINDOWS (windows of `rows` bytes)", array.LINE_WINDOWS]]),
@@ -78,6 +80,8 @@ def isa_markdown() -> str:
         f"{array.REGION_MAX} in each dimension; SDP only on layers with more than one output pixel. The emulator "
         "and the core stop with BUFFER_OVERFLOW (window) or BAD_PRECISION (registers) otherwise; the compiler "
         "leaves such layers to the host.",
+        "## Weight image layout",
+        (layout.__doc__ or "").strip(),
         "## Registers (AXI4-Lite)",
         _table(["offset", "name", "access", "meaning"], reg_rows),
         f"### Precision registers: bank of layer L at 0x{registers.PRECISION_BASE:X} + "

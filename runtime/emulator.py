@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynq.contract import ErrorCode, Instr, Op, PrecisionRegs, timing
+from dynq.contract import ErrorCode, Instr, Op, PrecisionRegs, layout, timing
 from dynq.contract import numerics as nx
 from dynq.contract.precision import check_window, conv_cost
 from dynq.contract.registers import DeviceError
@@ -126,14 +126,14 @@ class Emulator:
     def _conv_consts(self, ins: Instr, pc: int) -> _ConvConsts:
         if pc in self._consts:
             return self._consts[pc]
-        cin_g = ins.cin // max(ins.groups, 1)
-        count = ins.cout * cin_g * ins.kh * ins.kw
-        w = self._weight_bytes(ins.src1, count, pc, np.int8).reshape(ins.cout, cin_g, ins.kh, ins.kw)
-        params = self._weight_bytes(ins.param, 3 * ins.cout * 4, pc, np.uint8).view("<i4").reshape(3, ins.cout)
-        scale = nx.scale_of(torch.from_numpy(params[1].astype(np.int64)), torch.from_numpy(params[2].astype(np.int64)))
+        geom = timing.conv_geometry(ins)
+        stream = self._weight_bytes(ins.src1, layout.conv_weight_count(geom, self.cols), pc, np.int8)
+        w = layout.conv_weights(stream, geom, self.cols)
+        bias, mult, shift = layout.params(self._weight_bytes(ins.param, ins.cout * layout.PARAM_BYTES, pc, np.uint8))
+        scale = nx.scale_of(torch.from_numpy(mult), torch.from_numpy(shift))
         consts = _ConvConsts(
             conv=ExactConv(w, ins.groups, (ins.sh, ins.sw), (ins.dh, ins.dw)), weights=w, scale=scale.view(1, -1, 1, 1),
-            offset=(torch.from_numpy(params[0].astype(np.float64)) * scale + 0.5).view(1, -1, 1, 1))
+            offset=(torch.from_numpy(bias.astype(np.float64)) * scale + 0.5).view(1, -1, 1, 1))
         self._consts[pc] = consts
         return consts
 

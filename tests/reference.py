@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynq.contract import Mode, Op, PrecisionRegs
+from dynq.contract import Mode, Op, PrecisionRegs, layout, timing
 from dynq.contract import numerics as nx
 from dynq.runtime.artifacts import Build
 
@@ -68,16 +68,17 @@ def run(build: Build, x_q: np.ndarray, regs: list[PrecisionRegs], mask: np.ndarr
         mem[:, offset:offset + value[0].size] = value.reshape(n, -1)
 
     write(build.manifest["input"]["offset"], x_q.astype(np.int64))
-    weights = build.weights
+    weights, cols = build.weights, int(build.manifest["arch"]["cols"])
     for ins in build.instructions:
         if ins.op == Op.END:
             break
         src = read(ins.src0, (ins.cin, ins.ih, ins.iw))
         if ins.op == Op.CONV:
-            cin_g = ins.cin // ins.groups
-            w = np.frombuffer(weights, np.int8, ins.cout * cin_g * ins.kh * ins.kw, ins.src1)
-            w = w.astype(np.int64).reshape(ins.cout, cin_g, ins.kh, ins.kw)
-            bias, mult, shift = np.frombuffer(weights, "<i4", 3 * ins.cout, ins.param).astype(np.int64).reshape(3, -1)
+            geom = timing.conv_geometry(ins)
+            stream = np.frombuffer(weights, np.int8, layout.conv_weight_count(geom, cols), ins.src1)
+            w = layout.conv_weights(stream, geom, cols).astype(np.int64)
+            bias, mult, shift = layout.params(np.frombuffer(weights, np.uint8, ins.cout * layout.PARAM_BYTES,
+                                                            ins.param))
             xe = precision_input(src, regs[ins.layer], bool(ins.s0_signed), ins.groups, mask)
             acc = conv(xe, w, ins) + bias.reshape(1, -1, 1, 1)
             out = requant(acc, mult.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1), ins.clip_lo, ins.clip_hi)

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from dynq.contract import FIELDS, INSTR_BYTES, Mode, Op, PrecisionRegs, decode_program, encode, registers, timing
+from dynq.contract import (
+    FIELDS,
+    INSTR_BYTES,
+    Mode,
+    Op,
+    PrecisionRegs,
+    decode_program,
+    encode,
+    layout,
+    registers,
+    timing,
+)
 from dynq.contract import numerics as nx
 from dynq.contract.array import BLOCK, line_reads, window_limits
 from dynq.contract.isa import DecodeError, EncodeError, decode
@@ -149,7 +160,7 @@ def _geom(**kw: int) -> timing.ConvGeometry:
     return timing.ConvGeometry(**{**base, **kw})
 
 
-SETUP, PIPE = timing.LAYER_SETUP_CYCLES, timing.PIPE_CYCLES
+SETUP, PIPE, LAT = timing.LAYER_SETUP_CYCLES, timing.PIPE_CYCLES, timing.FILL_LATENCY
 
 
 def test_cycle_model_lockstep_hand_example() -> None:
@@ -157,8 +168,9 @@ def test_cycle_model_lockstep_hand_example() -> None:
     steps = torch.tensor([2, 1, 0]).view(1, 1, 1, 3)
     c = timing.conv_counters(steps, 1, 1, _geom(ow=3), rows=2, cols=1, predictor_cycles=0)
     assert c["compute_cycles"] == 3 and c["stall_cycles"] == 1 and c["mac_steps"] == 3
-    # fill one 1-window line; pass 1: max(2, next fill 1); pass 2: max(1, drain of pass 1); last drain
-    assert c["busy_cycles"] == SETUP + 1 + 2 + max(1, 1 + PIPE) + (1 + PIPE)
+    # fill one 1-window line (+ latency); pass 1: max(2, next fill); pass 2: max(1, drain of pass 1); last drain
+    f = 1 + LAT
+    assert c["busy_cycles"] == SETUP + f + max(2, f) + max(1, 1 + PIPE) + (1 + PIPE)
 
 
 def test_cycle_model_padding_and_taps() -> None:
@@ -168,7 +180,7 @@ def test_cycle_model_padding_and_taps() -> None:
     c = timing.conv_counters(steps, 1, 1, _geom(ow=2, kw=3, pl=1, pr=1), rows=2, cols=2, predictor_cycles=5)
     assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (5, 2, 8)
     # the line of lanes 0..1 over 3 taps spans 4 bytes: 2 windows of 2
-    assert c["busy_cycles"] == SETUP + 5 + 2 + 5 + (1 + PIPE)
+    assert c["busy_cycles"] == SETUP + 5 + (2 + LAT) + 5 + (1 + PIPE)
 
 
 def test_cycle_model_packs_narrow_groups_and_rows() -> None:
@@ -179,19 +191,19 @@ def test_cycle_model_packs_narrow_groups_and_rows() -> None:
     assert timing.packing(g, cols=2) == 2
     c = timing.conv_counters(steps, 1, 1, g, rows=2, cols=2, predictor_cycles=0)
     assert (c["compute_cycles"], c["stall_cycles"], c["mac_steps"]) == (2, 2, 5)
-    assert c["busy_cycles"] == SETUP + 2 + 2 + (2 + PIPE)
+    assert c["busy_cycles"] == SETUP + (2 + LAT) + 2 + (2 + PIPE)
     assert timing.conv_counters(steps, 1, 1, g, rows=2, cols=3, predictor_cycles=0) == c
     # one column: no room, a pass per group, the second waits for the first one's drain
     one = timing.conv_counters(steps, 1, 1, g, rows=2, cols=1, predictor_cycles=0)
     assert (one["compute_cycles"], one["stall_cycles"]) == (4, 3)
-    assert one["busy_cycles"] == SETUP + 1 + max(2, 1) + max(2, 1 + PIPE) + (1 + PIPE)
+    assert one["busy_cycles"] == SETUP + (1 + LAT) + max(2, 1 + LAT) + max(2, 1 + PIPE) + (1 + PIPE)
     # one group of 6 output channels, 2x2 output: both output rows side by side on 12 columns
     rows2 = _geom(cout_g=6, oh=2, ow=2)
     assert timing.packing(rows2, cols=16) == 2
     r = timing.conv_counters(torch.tensor([2, 1, 0, 2]).view(1, 1, 2, 2), 1, 1, rows2, rows=2, cols=16,
                              predictor_cycles=0)
     assert (r["compute_cycles"], r["stall_cycles"], r["mac_steps"]) == (2, 2, 30)
-    assert r["busy_cycles"] == SETUP + 2 + 2 + (12 + PIPE)
+    assert r["busy_cycles"] == SETUP + (2 + LAT) + 2 + (12 + PIPE)
 
 
 def test_cycle_model_blocks_and_line_fills() -> None:
@@ -199,13 +211,13 @@ def test_cycle_model_blocks_and_line_fills() -> None:
     g = _geom(cin_g=10, ow=2)
     dense = timing.conv_counters(None, 1, 2, g, rows=2, cols=1, predictor_cycles=0)
     # fills 8 and 2 windows; taps cost 8*2 and 2*2
-    assert dense["busy_cycles"] == SETUP + 8 + max(16, 2) + 4 + (1 + PIPE)
+    assert dense["busy_cycles"] == SETUP + (8 + LAT) + max(16, 2 + LAT) + 4 + (1 + PIPE)
     # nothing to compute: each tap still a cycle, and the next block's fill sets the pace
     empty = timing.conv_counters(None, 1, 0, g, rows=2, cols=1, predictor_cycles=0)
-    assert empty["busy_cycles"] == SETUP + 8 + max(1, 2) + 1 + (1 + PIPE)
+    assert empty["busy_cycles"] == SETUP + (8 + LAT) + max(1, 2 + LAT) + 1 + (1 + PIPE)
     # SDP groups of 4: 3 units (the last padded), 2 in the first block, 1 in the second
     sdp = timing.conv_counters(None, 1, 3, _geom(cin_g=10, g=4, ow=2), rows=2, cols=1, predictor_cycles=0)
-    assert sdp["busy_cycles"] == SETUP + 8 + max(2 * 3, 2) + 3 + (1 + PIPE)
+    assert sdp["busy_cycles"] == SETUP + (8 + LAT) + max(2 * 3, 2 + LAT) + 3 + (1 + PIPE)
 
 
 def test_cycle_model_reduction_split_and_column_tiles() -> None:
@@ -227,7 +239,7 @@ def test_predictor_pool_and_elementwise_cycles() -> None:
     assert timing.eltwise_cycles(33, rows=16, operands=2) == SETUP + 6 + PIPE
     # 2 channels, 3x3 output of 2x2 windows at stride 2 on 4 lanes: 3 passes (rows) of 2 items (kernel rows);
     # 3 lanes span 2*2 + 2 = 6 bytes = 2 windows per channel; a tap is one cycle; drain 2 + PIPE
-    fill, drain = 2 * 2, 2 + PIPE
+    fill, drain = 2 * 2 + LAT, 2 + PIPE
     passes = [max(2, fill) + max(2, fill)] * 2 + [max(2, fill) + 2]
     assert timing.pool_cycles(2, 3, 3, 2, 2, 2, rows=4) == (
         SETUP + fill + passes[0] + max(passes[1], drain) + max(passes[2], drain) + drain)
@@ -280,3 +292,29 @@ def test_laconic_term_counts_and_cycles_hand_examples() -> None:
     x = torch.tensor([3.0, 0.0, 0.0, 3.0]).view(1, 2, 1, 2)
     w = np.ones((1, 2, 1, 1), dtype=np.int8)
     assert laconic.conv_cycles(x, w, _geom(ow=2), rows=2, cols=1) == 3
+
+
+@pytest.mark.parametrize("geom", [
+    dict(cin_g=10, cout_g=20, oh=3, ow=3, kh=3, kw=2),  # blocks and column tiles, padded
+    dict(cin_g=1, groups=5, cout_g=1, oh=4, ow=4, kh=3, kw=3),  # depthwise: groups packed side by side
+    dict(cin_g=2, cout_g=3, oh=5, ow=4, kh=1, kw=3),  # few output channels: rows packed side by side
+    dict(cin_g=40, cout_g=7),  # a Gemm
+])
+def test_weight_layout_round_trip_and_words(geom: dict) -> None:
+    g = _geom(**geom)
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (g.groups * g.cout_g, g.cin_g, g.kh, g.kw)).astype(np.int8)
+    stream = np.frombuffer(layout.conv_weight_bytes(w, g, cols=4), dtype=np.int8)
+    assert len(stream) % layout.word_bytes(4) == 0 == len(stream) % (BLOCK * 4)
+    np.testing.assert_array_equal(layout.conv_weights(stream, g, cols=4), w)
+    if timing.packing(g, 4) == 1:  # first word: tap (0, 0), channels 0..7 of block 0, columns 0..3
+        first = stream[:BLOCK * 4].reshape(BLOCK, 4)
+        cin, cout = min(BLOCK, g.cin_g), min(4, g.cout_g)
+        np.testing.assert_array_equal(first[:cin, :cout], w[:cout, :cin, 0, 0].T)
+        assert not first[cin:].any() and not first[:, cout:].any()
+
+
+def test_param_records() -> None:
+    image = np.frombuffer(layout.param_bytes(np.array([-5, 7]), np.array([100, 200]), np.array([3, 9])), np.uint8)
+    assert len(image) == 2 * layout.PARAM_BYTES
+    assert [list(v) for v in layout.params(image)] == [[-5, 7], [100, 200], [3, 9]]

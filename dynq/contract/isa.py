@@ -29,8 +29,8 @@ OP_DOCS: dict[Op, str] = {
     Op.CONV: (
         "Convolution (Gemm is a 1x1 convolution on a 1x1 map). `out[co,y,x] = clamp(requant(sum(x' * w) + "
         "bias[co], mult[co], shift[co]), clip_lo, clip_hi)` where x' is the input after the layer's "
-        "precision rule (registers of `layer`). Weights int8 `[cout, cin/groups, kh, kw]` at `src1`; "
-        "per-channel int32 `bias, mult, shift` (3 x cout words) at `param`. `aux=1` fuses a 2x2 stride-2 max "
+        "precision rule (registers of `layer`). Weights int8 at `src1` and per-channel records (bias, mult, shift) at "
+        "`param`, laid out as in 'Weight image layout'. `aux=1` fuses a 2x2 stride-2 max "
         "pooling: `oh, ow` stay the convolution's, `dst` receives `[cout, oh // 2, ow // 2]`."
     ),
     Op.POOL: (

@@ -29,9 +29,7 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
         reg.validate()
     except ValueError as exc:
         raise DeviceError(ErrorCode.BAD_PRECISION, pc, str(exc)) from None
-    geom = timing.ConvGeometry(ins.cin // ins.groups, reg.g if reg.mode == Mode.SDP else 1, ins.groups,
-                               ins.cout // ins.groups, ins.oh, ins.ow, ins.kh, ins.kw, ins.sh, ins.sw, ins.pt, ins.pl,
-                               ins.pb, ins.pr)
+    geom = timing.conv_geometry(ins, reg.g if reg.mode == Mode.SDP else 1)
     if timing.reduction_split(geom):
         if reg.mode == Mode.SDP:
             raise DeviceError(ErrorCode.BAD_PRECISION, pc, "SDP needs a spatial layer; this one has a single "

@@ -10,12 +10,13 @@ works through the block's sync *units* (one channel; or one SDP group of g chann
 steps on a unit (its term parts to multiply), lanes are lock-stepped, so a unit costs the slowest lane's
 steps (0 when every lane has nothing to do) and a tap at least one cycle (its weight word).
 
-Line filling, compute and draining overlap in *phases*: while the PEs compute item i, the other set of
-line registers fills for item i+1, and while the first item of a pass computes, the previous pass drains
-(two accumulator banks) one output channel per cycle behind PIPE_CYCLES of requantizer. A phase lasts as
-long as the longest of the three, so
+Line filling, compute and draining overlap: while the PEs compute item i, the other set of line registers
+fills for item i+1 (a window a cycle, complete FILL_LATENCY cycles after the last read), and while a pass
+computes, the previous pass drains (two accumulator banks, one drain unit) one output channel per cycle
+behind PIPE_CYCLES of requantizer. So
 
-    busy = SETUP + predictor + fill(0) + sum_i max(compute(i), fill(i+1), drain before i) + last drain
+    pass(p) = sum over its items of max(compute(i), fill(i+1))
+    busy = SETUP + predictor + fill(0) + pass(0) + sum_{p>0} max(pass(p), drain(p-1)) + drain(last)
 
 A layer with one output pixel and a 1x1 kernel (a Gemm) is *reduction-split*: lane j takes input channel
 `chunk*rows + j`, every PE has its own weight, and `rows // BLOCK` weight words per chunk bound its pace
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from dynq.contract.array import BLOCK, line_reads
+from dynq.contract.isa import Instr
 
 LAYER_SETUP_CYCLES = 8
 """Instruction fetch (two 32-bit words per cycle) and the checks of the fetched fields, per instruction."""
@@ -45,6 +47,8 @@ PIPE_CYCLES = 4
 """Arena (or accumulator) read, then the requantizer's three stages (product, rounding term, shift and
 clamp), paid once after the last read of an instruction (or pass)."""
 NOP_CYCLES = 1
+FILL_LATENCY = 1
+"""A line is complete one cycle after its last window read (the arena's registered read)."""
 PREDICTOR_GAP_CYCLES = 4
 """DRQ predictor: from a band's last window read to its first flag write (read, segment sums, accumulate,
 compare)."""
@@ -79,6 +83,12 @@ class ConvGeometry:
     @property
     def n_units(self) -> int:
         return ceil_div(self.cin_g, self.g)
+
+
+def conv_geometry(ins: Instr, unit: int = 1) -> ConvGeometry:
+    """The geometry of a CONV instruction, with sync units of `unit` channels (SDP's g)."""
+    return ConvGeometry(ins.cin // ins.groups, unit, ins.groups, ins.cout // ins.groups, ins.oh, ins.ow, ins.kh,
+                        ins.kw, ins.sh, ins.sw, ins.pt, ins.pl, ins.pb, ins.pr)
 
 
 def reduction_split(g: ConvGeometry) -> bool:
@@ -189,7 +199,7 @@ def _layout(g: ConvGeometry, rows: int, cols: int) -> _Layout:
     side = np.multiply.outer(side, np.ones(len(lanes), dtype=np.int64)).reshape(-1)
     active = np.tile(lanes, len(group_packs) * len(col_w) * len(row_packs))
     reads = np.array([line_reads(g.sw, g.kw, int(n), rows) for n in active])
-    fill = np.repeat(side * reads, per_pass) * np.tile(blocks, len(side) * g.kh)
+    fill = np.repeat(side * reads, per_pass) * np.tile(blocks, len(side) * g.kh) + FILL_LATENCY
     cols_of_pass = np.repeat(np.tile(col_w, len(group_packs)), len(row_packs) * len(lanes)) * side
     return _Layout(len(col_w), per_pass, len(row_packs) * len(lanes) * per_pass, fill, cols_of_pass + PIPE_CYCLES)
 
@@ -272,7 +282,7 @@ def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, sw: int, rows
     lanes = _widths(ow, rows)
     per_pass_channels = np.repeat(blocks, oh * len(lanes))
     reads = np.tile([line_reads(sw, kw, int(n), rows) for n in lanes], len(blocks) * oh)
-    fill = np.repeat(per_pass_channels * reads, kh)
+    fill = np.repeat(per_pass_channels * reads, kh) + FILL_LATENCY
     compute = torch.full((1, len(fill)), kw, dtype=torch.int64)
     return LAYER_SETUP_CYCLES + int(_passes(compute, fill, kh, per_pass_channels + PIPE_CYCLES).sum())
 
