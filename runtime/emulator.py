@@ -126,6 +126,10 @@ class Emulator:
     def _conv_consts(self, ins: Instr, pc: int) -> _ConvConsts:
         if pc in self._consts:
             return self._consts[pc]
+        if ins.src1 % layout.word_bytes(self.cols) or ins.param % layout.PARAM_BYTES:
+            raise DeviceError(ErrorCode.ADDR_RANGE, pc, f"weights at {ins.src1} / records at {ins.param}: the "
+                                                        f"weight memory is read in {layout.word_bytes(self.cols)}-byte "
+                                                        f"words and {layout.PARAM_BYTES}-byte records")
         geom = timing.conv_geometry(ins)
         stream = self._weight_bytes(ins.src1, layout.conv_weight_count(geom, self.cols), pc, np.int8)
         w = layout.conv_weights(stream, geom, self.cols)

@@ -11,10 +11,13 @@ import onnxruntime as ort
 import pytest
 
 import dynq
-from dynq.contract import MASK_GRID, Mode, Op
+from dynq.boards import load as load_board
+from dynq.contract import MASK_GRID, MAX_LAYERS, Mode, Op, PrecisionRegs, encode
 from dynq.contract.registers import DeviceError
+from dynq.runtime.emulator import Emulator
 from tests import reference
 from tests.conftest import images
+from tests.rtl_cases import case_build
 
 SHAPE = (3, 16, 16)
 
@@ -99,3 +102,15 @@ def test_max_pool_fuses_into_conv(ops_build: Path) -> None:
     """Conv -> ReLU -> 2x2 stride-2 MaxPool is one CONV with aux=1 (checked bit-exact by the tests above)."""
     convs = [ins for ins in dynq.load(ops_build).build.instructions if ins.op == Op.CONV]
     assert [ins.aux for ins in convs].count(1) == 1
+
+
+@pytest.mark.parametrize("field, value", [("src1", 4), ("param", 8)])
+def test_misaligned_weights_are_an_address_error(field: str, value: int) -> None:
+    """The weight memory is read in words of BLOCK x cols bytes and 16-byte records (contract.layout)."""
+    fields = dict(cin=8, cout=4, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1, src0=0,
+                  dst=128, src1=0, param=4096, clip_lo=0, clip_hi=255)
+    fields[field] = value
+    build = case_build(load_board("pynq-z2"), "raw", encode(Op.CONV, **fields) + encode(Op.END), bytes(8192), 1024)
+    emu = Emulator(build)
+    with pytest.raises(DeviceError, match="ADDR_RANGE.*weight memory is read in 128-byte words"):
+        emu.run_segment(emu.new_arena(1), 0, 2, [PrecisionRegs()] * MAX_LAYERS, None, {})
