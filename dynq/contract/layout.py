@@ -32,20 +32,23 @@ def _tiles(g: ConvGeometry, cols: int) -> tuple[int, int, int]:
     return 1, ceil_div(g.cout_g, cols), ceil_div(g.cin_g, BLOCK)
 
 
+def _stream_shape(g: ConvGeometry, cols: int) -> tuple[int, ...]:
+    """(group pack, column tile, kernel row, block, kernel column, line register, column) of the word stream."""
+    pack, col_tiles, blocks = _tiles(g, cols)
+    outer = ceil_div(g.groups, pack) if pack > 1 and g.groups > 1 else g.groups
+    return (outer, col_tiles, g.kh, blocks, g.kw, BLOCK, cols)
+
+
 def _index(g: ConvGeometry, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """For every byte of the word stream, the flat index into w [cout, cin_g, kh, kw] it holds, and whether
     it holds one at all (padding and the off-diagonal blocks of packed groups are zero)."""
-    pack, col_tiles, blocks = _tiles(g, cols)
-    by_groups = pack > 1 and g.groups > 1
-    outer = ceil_div(g.groups, pack) if by_groups else g.groups
-    shape = (outer, col_tiles, g.kh, blocks, g.kw, BLOCK, cols)
-    vg, ct, a, m, b, t, k = np.indices(shape, sparse=True)
+    pack = packing(g, cols)
+    vg, ct, a, m, b, t, k = np.indices(_stream_shape(g, cols), sparse=True)
     if pack > 1:
         q, c = t // g.cin_g, t % g.cin_g
         o = k - q * g.cout_g
-        valid = (q < pack) & (o >= 0) & (o < g.cout_g)
-        group = vg * pack + q if by_groups else vg + 0 * q
-        valid = valid & (group < g.groups)
+        group = vg * pack + q if g.groups > 1 else vg
+        valid = (q < pack) & (o >= 0) & (o < g.cout_g) & (group < g.groups)
     else:
         c, o, group = m * BLOCK + t, ct * cols + k, vg
         valid = (c < g.cin_g) & (o < g.cout_g)
@@ -64,7 +67,7 @@ def conv_weight_bytes(w: np.ndarray, g: ConvGeometry, cols: int) -> bytes:
 
 def conv_weight_count(g: ConvGeometry, cols: int) -> int:
     """Bytes of the word stream."""
-    return len(_index(g, cols)[0])
+    return int(np.prod(_stream_shape(g, cols)))
 
 
 def conv_weights(stream: np.ndarray, g: ConvGeometry, cols: int) -> np.ndarray:

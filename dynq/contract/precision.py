@@ -89,7 +89,7 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
     cin_g = c // groups
     xg = x.reshape(n * groups, cin_g, h, w)
     xq, keep_hi, keep_lo = nx.sdp_keep(xg, reg.g, reg.k)
-    units = -(-cin_g // reg.g)
+    units = timing.ceil_div(cin_g, reg.g)
     stats["kept_parts"] = int(keep_hi.sum() + keep_lo.sum())
     xq = xq.reshape(n, c, h, w)
     if not reg.zero_skip:

@@ -105,6 +105,17 @@ def packing(g: ConvGeometry, cols: int) -> int:
     return pack if pack >= 2 and not reduction_split(g) else 1
 
 
+def _pack_kind(g: ConvGeometry, cols: int) -> tuple[int, bool]:
+    """(passes side by side, whether they are convolution groups rather than output rows)."""
+    pack = packing(g, cols)
+    return pack, pack > 1 and g.groups > 1
+
+
+def _fastest(lanes: torch.Tensor) -> torch.Tensor:
+    """Min over the last axis of lane steps, ignoring idle lanes (marked -1)."""
+    return torch.where(lanes < 0, torch.iinfo(lanes.dtype).max, lanes).amin(dim=-1)
+
+
 def _widths(total: int, per: int) -> np.ndarray:
     """Sizes of the consecutive chunks of `per` that cover `total`."""
     n = ceil_div(total, per)
@@ -186,19 +197,17 @@ class _Layout:
 
 @cache
 def _layout(g: ConvGeometry, rows: int, cols: int) -> _Layout:
-    pack = packing(g, cols)
-    by_groups = pack > 1 and g.groups > 1
+    pack, by_groups = _pack_kind(g, cols)
     group_packs = _widths(g.groups, pack) if by_groups else np.ones(g.groups, dtype=np.int64)
     row_packs = _widths(g.oh, pack) if pack > 1 and not by_groups else np.ones(g.oh, dtype=np.int64)
     lanes = _widths(g.ow, rows)
     col_w = _widths(g.cout_g, cols)
     blocks = _widths(g.cin_g, BLOCK // pack)
     per_pass = g.kh * len(blocks)
-    # per pass (group pack, column tile, row pack, x tile): passes side by side, then the pass's items
-    side = np.multiply.outer(np.multiply.outer(group_packs, np.ones(len(col_w), dtype=np.int64)), row_packs)
-    side = np.multiply.outer(side, np.ones(len(lanes), dtype=np.int64)).reshape(-1)
-    active = np.tile(lanes, len(group_packs) * len(col_w) * len(row_packs))
-    reads = np.array([line_reads(g.sw, g.kw, int(n), rows) for n in active])
+    # per pass (group pack, column tile, row pack, x tile): passes side by side, windows per line
+    shape = (len(group_packs), len(col_w), len(row_packs), len(lanes))
+    side = np.broadcast_to(group_packs[:, None, None, None] * row_packs[None, None, :, None], shape).reshape(-1)
+    reads = np.tile([line_reads(g.sw, g.kw, int(n), rows) for n in lanes], len(side) // len(lanes))
     fill = np.repeat(side * reads, per_pass) * np.tile(blocks, len(side) * g.kh) + FILL_LATENCY
     cols_of_pass = np.repeat(np.tile(col_w, len(group_packs)), len(row_packs) * len(lanes)) * side
     return _Layout(len(col_w), per_pass, len(row_packs) * len(lanes) * per_pass, fill, cols_of_pass + PIPE_CYCLES)
@@ -214,14 +223,12 @@ def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
     """Compute cycles of every item of one column tile ([images, items], items in pass order), the total
     of (slowest - fastest lane) over units, and the total of all lane steps."""
     n = steps.shape[0]
-    pack = packing(g, cols)
-    by_groups = pack > 1 and g.groups > 1
+    pack, by_groups = _pack_kind(g, cols)
     tiles = ceil_div(g.ow, rows)
     per_block = max(1, BLOCK // pack // g.g)
     blocks = ceil_div(g.n_units, per_block)
     padded = F.pad(steps.to(torch.int16), (g.pl, g.pr, g.pt, g.pb), value=pad_steps)
     padded = padded.view(n, g.groups, g.n_units, *padded.shape[2:])
-    idle = torch.iinfo(torch.int16).max
     rows_cost = []
     stall = total = 0
     for a in range(g.kh):
@@ -238,8 +245,7 @@ def _lockstep(steps: torch.Tensor, pad_steps: int, g: ConvGeometry, rows: int,
                 lanes = lanes.view(n, 1, g.n_units, -1, pack, tiles, rows).transpose(4, 5)
             lanes = lanes.reshape(*lanes.shape[:5], -1)
             slowest = lanes.amax(dim=-1)
-            fastest = torch.where(lanes < 0, idle, lanes).amin(dim=-1)
-            stall += int((slowest - torch.minimum(fastest, slowest)).sum())
+            stall += int((slowest - torch.minimum(_fastest(lanes), slowest)).sum())
             units = F.pad(slowest, (0, 0, 0, 0, 0, blocks * per_block - g.n_units))
             row = row + units.view(n, units.shape[1], blocks, per_block, *units.shape[3:]).sum(dim=3).clamp_(min=1)
         rows_cost.append(row)
@@ -264,8 +270,7 @@ def _split_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: C
     else:
         lanes = F.pad(steps.view(batch, g.groups, g.cin_g).to(torch.int16), (0, chunks * rows - g.cin_g), value=-1)
         lanes = lanes.view(batch, g.groups, chunks, rows)
-        fastest = torch.where(lanes < 0, torch.iinfo(torch.int16).max, lanes).amin(dim=-1)
-        stall, lane_steps = int((lanes.amax(dim=-1) - fastest).sum()), int(steps.sum())
+        stall, lane_steps = int((lanes.amax(dim=-1) - _fastest(lanes)).sum()), int(steps.sum())
     return {
         "busy_cycles": busy,
         "compute_cycles": batch * int(compute.sum()),
