@@ -14,15 +14,37 @@ from __future__ import annotations
 from myhdl import ConcatSignal, ResetSignal, Signal, always, always_comb, block, concat, enum, intbv, modbv
 
 from dynq.boards import Board
-from dynq.contract import CONTRACT_VERSION, ErrorCode, Memory, Op, timing
+from dynq.contract import CONTRACT_VERSION, ErrorCode, Instr, Memory, Mode, Op, PrecisionRegs, timing
 from dynq.contract import registers as rg
+from dynq.contract.array import BLOCK, LINE_WINDOWS
 from dynq.contract.isa import FIELD, INSTR_WORDS
+from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
+from dynq.hdl.conv import conv_engine
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, eltwise_lane, signed_acc
-from dynq.hdl.memories import ram, ram_bytes, window_ram
+from dynq.hdl.memories import ram, ram_bytes, ram_dual_bytes, window_ram
 
-RTL_OPS = (Op.NOP, Op.END, Op.MOVE, Op.ADD)
+RTL_OPS = (Op.NOP, Op.END, Op.MOVE, Op.ADD, Op.CONV)
 """The operations this core runs; any other opcode stops it with BAD_OPCODE."""
+
+
+def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
+    """What of this instruction (with its layer's registers) the core does not run yet, or None. The core
+    stops such an instruction with BAD_OPCODE; the runtime asks first, to say what is missing."""
+    if ins.op not in RTL_OPS:
+        return f"{ins.op.name}"
+    if ins.op != Op.CONV:
+        return None
+    geom = timing.conv_geometry(ins)
+    if ins.aux:
+        return "CONV with fused max pooling"
+    if reg.mode != Mode.INT8:
+        return f"CONV in {reg.mode.name.lower()} mode"
+    if timing.reduction_split(geom):
+        return "single-pixel CONV (Gemm)"
+    if timing.packing(geom, cols) > 1:
+        return "CONV with passes side by side (grouped, depthwise or few output channels)"
+    return None
 FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
 """Instruction words the core reads; the rest of the record is reserved."""
 FETCH_PAIRS = -(-FETCH_WORDS // 2)
@@ -71,9 +93,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     ob = log2(rows)
     aw = addr_bits(rg.ADDRESS_SPACE)
     imem_pairs = arch.imem_bytes // 8
-    wmem_words = arch.wmem_bytes // 4
+    wbytes = word_bytes(arch.cols)
+    wmem_words = arch.wmem_bytes // wbytes
+    lane_words = wbytes // BEAT
     amem_depth = arch.amem_bytes // rows
     ipw, wmw, abw = log2(imem_pairs), log2(wmem_words), log2(arch.amem_bytes)
+    word_shift = log2(wbytes)
     pair_stride = INSTR_WORDS // 2
     imem_instrs = imem_pairs // pair_stride
     lw = log2(rg.MAX_LAYERS)
@@ -96,7 +121,15 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     prec_shift, cnt_shift = log2(rg.PRECISION_STRIDE), log2(rg.COUNTER_STRIDE)
     e_ok, e_opcode, e_range, e_xfer = ErrorCode.OK, ErrorCode.BAD_OPCODE, ErrorCode.ADDR_RANGE, ErrorCode.XFER
     m_instr, m_weights, m_arena = Memory.INSTR, Memory.WEIGHTS, Memory.ARENA
-    op_nop, op_move, op_add, op_end = int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END)
+    op_nop, op_move, op_add, op_end, op_conv = (int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END),
+                                                int(Op.CONV))
+    e_overflow = ErrorCode.BUFFER_OVERFLOW
+    mode_int8 = int(Mode.INT8)
+    mode_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "MODE")
+    mode_field, skip_field = mode_reg.field("mode"), mode_reg.field("zero_skip")
+    mode_index = rg.PRECISION_REGISTERS.index(mode_reg)
+    cols = arch.cols
+    line_bytes = LINE_WINDOWS * rows
     setup_last = timing.LAYER_SETUP_CYCLES - 1
     pipe = timing.PIPE_CYCLES
     shift_sat = SHIFT_SAT
@@ -263,16 +296,20 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     im_wa, im_ra = Signal(modbv(0)[ipw:]), Signal(modbv(0)[ipw:])
     im_wd = Signal(intbv(0)[8 * BEAT:])
     im_rd0, im_rd1 = Signal(intbv(0)[8 * BEAT:]), Signal(intbv(0)[8 * BEAT:])
-    wm_we = Signal(intbv(0)[BEAT:])
-    wm_wa, wm_ra = Signal(modbv(0)[wmw:]), Signal(modbv(0)[wmw:])
-    wm_wd, wm_rd = Signal(intbv(0)[8 * BEAT:]), Signal(intbv(0)[8 * BEAT:])
+    wm_we = Signal(intbv(0)[wbytes:])
+    wm_addr_a, wm_addr_b = Signal(modbv(0)[wmw:]), Signal(modbv(0)[wmw:])
+    wm_rd_a, wm_rd_b = Signal(intbv(0)[8 * wbytes:]), Signal(intbv(0)[8 * wbytes:])
+    beat_everywhere = ConcatSignal(*([s_axis_tdata] * lane_words))  # the beat on every lane; `wm_we` picks one
+    wm_wd = Signal(intbv(0)[8 * wbytes:])
+    x_wm_addr = Signal(modbv(0)[wmw:])
+    x_lane, x_lane_q = Signal(intbv(0)[max(1, log2(lane_words)):]), Signal(intbv(0)[max(1, log2(lane_words)):])
     am_ra, am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
     am_rd, am_wd = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[8 * rows:])
     am_we = Signal(bool(0))
     am_mask = Signal(intbv(0)[rows:])
     insts.append(ram_bytes(clk, im_we0, im_wa, im_wd, im_ra, im_rd0, imem_pairs))
     insts.append(ram_bytes(clk, im_we1, im_wa, im_wd, im_ra, im_rd1, imem_pairs))
-    insts.append(ram_bytes(clk, wm_we, wm_wa, wm_wd, wm_ra, wm_rd, wmem_words))
+    insts.append(ram_dual_bytes(clk, wm_we, wm_addr_a, wm_wd, wm_rd_a, wm_addr_b, wm_rd_b, wbytes, wmem_words))
     insts.append(window_ram(clk, am_ra, am_rd, am_we, am_wa, am_wd, am_mask, rows, amem_depth))
 
     # ---- stream transfers ---------------------------------------------------------------------------------
@@ -323,12 +360,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             else:
                 im_we0.next = x_bmask
         x_im_ra.next = words >> 1
-        wm_wa.next = words
-        wm_ra.next = words
-        wm_wd.next = s_axis_tdata
+        x_wm_addr.next = x_ptr >> word_shift
+        wm_wd.next = beat_everywhere
+        x_lane.next = words & (lane_words - 1)
         wm_we.next = 0
         if x_beat and x_mem == m_weights:
-            wm_we.next = x_bmask
+            wm_we.next = x_bmask << (BEAT * (words & (lane_words - 1)))
         x_am_wa.next = x_ptr
         x_am_ra.next = x_ptr
         x_am_we.next = x_beat and x_mem == m_arena
@@ -338,7 +375,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         if x_mem == m_arena:
             x_rd_word.next = am_rd[8 * beat:]
         elif x_mem == m_weights:
-            x_rd_word.next = wm_rd
+            x_rd_word.next = (wm_rd_a >> (8 * BEAT * x_lane_q)) & ((1 << (8 * BEAT)) - 1)
         elif x_ptr_q[beat_bits]:
             x_rd_word.next = im_rd1
         else:
@@ -347,6 +384,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     @always(clk.posedge)
     def xfer_seq():
         x_ptr_q.next = x_ptr
+        x_lane_q.next = x_lane
         if rst or soft_reset:
             x_state.next = x_state_t.IDLE
             xfer_busy.next = 0
@@ -420,8 +458,15 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
 
     insts += [beat_mask, xfer_comb, xfer_seq]
 
+    # ---- the convolution engine's ports (the engine and its checks are at the end) ----------------------------
+    c_ar_addr, c_aw_addr = Signal(intbv(0)[abw:]), Signal(intbv(0)[abw:])
+    c_aw_data, c_aw_mask = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[rows:])
+    c_aw_en, c_last, c_start = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
+    c_wa_addr, c_wb_addr = Signal(intbv(0)[wmw:]), Signal(intbv(0)[wmw:])
+    conv_err = Signal(intbv(0)[8:])
+
     # ---- sequencer ----------------------------------------------------------------------------------------
-    s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "WRITEBACK")
+    s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "CONV", "WRITEBACK")
     state = Signal(s_t.IDLE)
     instr = Signal(intbv(0)[64 * (FETCH_PAIRS - 1):])
     # pairs shift in from the top: in the last fetch cycle `fetched` holds the whole instruction
@@ -579,6 +624,15 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 elif opc == op_nop:
                     pc.next = pc + 1
                     cyc.next = 0
+                elif opc == op_conv:
+                    if conv_err != e_ok:
+                        busy.next = 0
+                        error.next = 1
+                        error_code.next = conv_err
+                        error_pc.next = pc
+                        state.next = s_t.IDLE
+                    else:
+                        state.next = s_t.CONV
                 elif opc != op_move and opc != op_add:
                     busy.next = 0
                     error.next = 1
@@ -596,6 +650,14 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                     state.next = s_t.DRAIN
                 else:
                     state.next = s_t.EXEC
+        elif state == s_t.CONV:
+            cycles.next = cycles + 1
+            cyc.next = cyc + 1
+            if c_last:
+                cnt_we.next = 1
+                cnt_wa.next = layer
+                cnt_in.next = cyc + 1
+                state.next = s_t.WRITEBACK
         elif state == s_t.EXEC:
             cycles.next = cycles + 1
             cyc.next = cyc + 1
@@ -636,6 +698,13 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             am_mask.next = x_am_mask
             am_we.next = x_am_we
             im_ra.next = x_im_ra
+        elif state == s_t.CONV:
+            am_ra.next = c_ar_addr
+            am_wa.next = c_aw_addr
+            am_wd.next = c_aw_data
+            am_mask.next = c_aw_mask
+            am_we.next = c_aw_en
+            im_ra.next = e_im_ra
         else:
             am_ra.next = e_am_ra
             am_wa.next = e_am_wa
@@ -643,8 +712,80 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             am_mask.next = e_am_mask
             am_we.next = e_am_we
             im_ra.next = e_im_ra
+        if xfer_busy:
+            wm_addr_a.next = x_wm_addr
+        else:
+            wm_addr_a.next = c_wa_addr
+        wm_addr_b.next = c_wb_addr
         any_error.next = error or x_err
         irq.next = done or error or x_err
 
     insts += [fetch_shift, exec_comb, pipeline_tags, sequencer, arena_ports]
+
+    # ---- convolution engine -------------------------------------------------------------------------------
+    mode_core = word()
+    layer_q = Signal(intbv(0)[lw:])
+    f_zero_skip = Signal(bool(0))
+    f_mode = Signal(intbv(0)[mode_field.width:])
+    layer_lsb = FIELD["layer"].lsb
+    assert FIELD["layer"].word == 0
+    insts.append(ram(clk, prec_we(mode_index), prec_wa, wr_data, layer_q, mode_core, rg.MAX_LAYERS))
+    engine_fields = {**fields, "zero_skip": f_zero_skip}
+    insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
+                             c_aw_en, c_aw_addr, c_aw_data, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b,
+                             c_last))
+    f_aux, f_cout, f_groups, f_oh, f_ow = fields["aux"], fields["cout"], fields["groups"], fields["oh"], fields["ow"]
+    f_kh, f_kw, f_sw, f_dh, f_dw = fields["kh"], fields["kw"], fields["sw"], fields["dh"], fields["dw"]
+    f_pt, f_pl, f_pb, f_pr, f_param = fields["pt"], fields["pl"], fields["pb"], fields["pr"], fields["param"]
+
+    @always(clk.posedge)
+    def layer_of_instruction():
+        # word 0 (with the layer field) arrives in the first fetch cycle; the mode register follows it
+        if state == s_t.FETCH and cyc == 1:
+            layer_q.next = im_rd0[layer_lsb + lw:layer_lsb]
+
+    @always_comb
+    def conv_check():
+        f_zero_skip.next = mode_core[skip_field.lsb]
+        f_mode.next = mode_core[mode_field.lsb + mode_field.width:mode_field.lsb]
+        err = e_ok
+        g = int(f_groups)
+        cin = int(f_cin)
+        cout = int(f_cout)
+        lanes = int(f_ow)
+        if lanes > rows:
+            lanes = rows
+        cg = 0
+        og = 0
+        if g != 0:
+            cg = cin // g
+            og = cout // g
+        tiles = (og + cols - 1) // cols
+        blocks = (cg + BLOCK - 1) // BLOCK
+        count = g * tiles * int(f_kh) * blocks * int(f_kw) * wbytes
+        if f_src0 + cin * int(f_ih) * int(f_iw) > amem_bytes:
+            err = e_range
+        elif g == 0 or cg * g != cin or og * g != cout:
+            err = e_opcode
+        elif f_aux != 0 or f_mode != mode_int8:
+            err = e_opcode  # fused pooling and the dynamic modes are not in this build
+        elif int(f_oh) * int(f_ow) == 1 and int(f_kh) * int(f_kw) == 1 and f_pt + f_pl + f_pb + f_pr == 0:
+            err = e_opcode  # the reduction-split mapping is not in this build
+        elif cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
+            err = e_opcode  # passes side by side are not in this build
+        elif f_dh != 1 or f_dw != 1 or int(f_sw) * (lanes - 1) + int(f_kw) > line_bytes:
+            err = e_overflow
+        elif (f_src1 & (wbytes - 1)) != 0 or f_src1 + count > wmem_bytes:
+            err = e_range
+        elif (f_param & (PARAM_BYTES - 1)) != 0 or f_param + cout * PARAM_BYTES > wmem_bytes:
+            err = e_range
+        elif f_dst + cout * int(f_oh) * int(f_ow) > amem_bytes:
+            err = e_range
+        conv_err.next = err
+
+    @always_comb
+    def conv_go():
+        c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
+
+    insts += [layer_of_instruction, conv_check, conv_go]
     return insts

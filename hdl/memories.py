@@ -108,3 +108,57 @@ def bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, raddr, waddr, we, b: in
         we.next = wr_en and mask_banked[b]
 
     return addresses
+
+
+@block
+def ram_dual_bytes(clk, we, addr_a, wdata, rdata_a, addr_b, rdata_b, nbytes: int, depth: int):
+    """`depth` words of `nbytes` bytes: port A writes (bit i of `we` enables byte i) and reads at `addr_a`,
+    port B reads at `addr_b`; both reads registered. Converted from a Verilog template (MyHDL cannot convert
+    a write to part of a memory word): the form synthesis maps to true-dual-port block RAM with byte
+    enables."""
+    mem = [Signal(intbv(0)[8 * nbytes:]) for _ in range(depth)]
+
+    @always(clk.posedge)
+    def access():
+        word = intbv(int(mem[int(addr_a)]))[8 * nbytes:]
+        for i in range(nbytes):
+            if we[i]:
+                word[8 * i + 8:8 * i] = wdata[8 * i + 8:8 * i]
+        mem[int(addr_a)].next = word
+        rdata_a.next = mem[int(addr_a)]
+        rdata_b.next = mem[int(addr_b)]
+
+    rdata_a.driven = "reg"
+    rdata_b.driven = "reg"
+    we.read = wdata.read = addr_a.read = addr_b.read = True
+    return access
+
+
+ram_dual_bytes.vhdl_code = """
+${rdata_a}_ram: block
+    type mem_t is array(0 to $depth-1) of unsigned(8*$nbytes-1 downto 0);
+    signal mem: mem_t;
+begin
+    process ($clk) begin
+        if rising_edge($clk) then
+            for i in 0 to $nbytes-1 loop
+                if $we(i) = '1' then
+                    mem(to_integer($addr_a))(8*i+7 downto 8*i) <= $wdata(8*i+7 downto 8*i);
+                end if;
+            end loop;
+            $rdata_a <= mem(to_integer($addr_a));
+            $rdata_b <= mem(to_integer($addr_b));
+        end if;
+    end process;
+end block;
+"""
+ram_dual_bytes.verilog_code = """
+reg [8*$nbytes-1:0] ${rdata_a}_mem [0:$depth-1];
+integer ${rdata_a}_i;
+always @(posedge $clk) begin
+    for (${rdata_a}_i = 0; ${rdata_a}_i < $nbytes; ${rdata_a}_i = ${rdata_a}_i + 1)
+        if ($we[${rdata_a}_i]) ${rdata_a}_mem[$addr_a][8*${rdata_a}_i +: 8] <= $wdata[8*${rdata_a}_i +: 8];
+    $rdata_a <= ${rdata_a}_mem[$addr_a];
+    $rdata_b <= ${rdata_a}_mem[$addr_b];
+end
+"""

@@ -15,7 +15,7 @@ from dynq.contract import ErrorCode, Memory, Op, PrecisionRegs
 from dynq.contract import registers as rg
 from dynq.contract.registers import DeviceError
 from dynq.errors import DynqError
-from dynq.hdl.core import RTL_OPS
+from dynq.hdl import core
 from dynq.hdl.sim import RtlSim, reg
 from dynq.runtime.artifacts import Build
 from dynq.runtime.emulator import Arena
@@ -33,7 +33,7 @@ class RtlDevice:
 
     def __init__(self, build: Build, sim: RtlSim | None = None):
         """Starts a simulator for the build's board, or reuses `sim` (which the caller then closes)."""
-        missing = sorted({ins.op.name for ins in build.instructions if ins.op not in RTL_OPS})
+        missing = sorted({ins.op.name for ins in build.instructions if ins.op not in core.RTL_OPS})
         if missing:
             raise RtlUnsupported(f"{build.path}: the RTL core does not implement {', '.join(missing)} yet; "
                                  "run this build with --backend emulator")
@@ -93,6 +93,7 @@ class RtlDevice:
                     mask: torch.Tensor | None, counters: dict[int, dict[str, int]]) -> None:
         """Same contract as `Emulator.run_segment`: one image of the batch after the other."""
         layers = self._segment_layers(first, count)
+        self._check_supported(first, count, regs)
         self.write_registers(layers, regs, mask)
         for image in range(arena.batch):
             self.sim.load(Memory.ARENA, 0, arena.snapshot(image), max_cycles=arena.nbytes)
@@ -102,6 +103,15 @@ class RtlDevice:
                 totals = counters.setdefault(layer, {})
                 for name, value in self.read_counters(layer).items():
                     totals[name] = totals.get(name, 0) + value
+
+    def _check_supported(self, first: int, count: int, regs: list[PrecisionRegs]) -> None:
+        for pc, ins in enumerate(self.build.instructions[first:first + count], first):
+            if ins.op == Op.END:
+                return
+            reason = core.unsupported(ins, regs[ins.layer], self.board.arch.cols)
+            if reason:
+                raise RtlUnsupported(f"{self.build.path}: instruction {pc} (layer {ins.layer}): the RTL core does "
+                                     f"not run {reason} yet; run this build with --backend emulator")
 
     def _segment_layers(self, first: int, count: int) -> set[int]:
         layers = set()

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from dynq.boards import Board
-from dynq.contract import Op, PrecisionRegs, encode
+from dynq.contract import Op, PrecisionRegs, encode, layout, timing
+from dynq.contract.array import window_limits
 from dynq.contract.registers import MAX_LAYERS
 from dynq.runtime.artifacts import Build
 
-OPS_IN_RTL = (Op.MOVE, Op.ADD)
-"""The operations the RTL core runs in this build; the corpus draws from these."""
+OPS_IN_RTL = (Op.MOVE, Op.ADD, Op.CONV)
+"""The operations the random corpus draws from (CONV: the cases `hdl.core.unsupported` accepts)."""
 ARENA_BYTES = 8192
 """Arena of a random case: small, so a case loads and stores quickly."""
 
@@ -51,7 +52,7 @@ def _regions(rng: random.Random, sizes: list[int], total: int) -> list[int]:
 
 def eltwise_case(board: Board, rng: random.Random, index: int) -> Case:
     """A MOVE or ADD over a random shape, offsets, signedness, multipliers, shift and clamp range."""
-    op = rng.choice(OPS_IN_RTL)
+    op = rng.choice((Op.MOVE, Op.ADD))
     cin, ih, iw = rng.randint(1, 8), rng.randint(1, 12), rng.randint(1, 20)
     elems = cin * ih * iw
     operands = 2 if op == Op.ADD else 1
@@ -73,7 +74,45 @@ def eltwise_case(board: Board, rng: random.Random, index: int) -> Case:
     return Case(name, case_build(board, name, program, b"", ARENA_BYTES), arena)
 
 
+def conv_case(board: Board, rng: random.Random, index: int) -> Case:
+    """A CONV on the unpacked mapping in int8 (with or without zero-part skipping): random shape, stride,
+    padding, groups, channel counts around the block and column sizes, weights and requantization."""
+    arch = board.arch
+    while True:
+        groups = rng.choice([1, 1, 1, 2, 3])
+        cin_g, cout_g = rng.randint(1, 20), rng.randint(1, 2 * arch.cols + 3)
+        kh, kw, sh, sw = rng.randint(1, 3), rng.randint(1, 5), rng.randint(1, 2), rng.randint(1, 3)
+        ih, iw = rng.randint(kh, 9), rng.randint(kw, 3 * arch.rows)
+        pt, pb, pl, pr = (rng.randint(0, 2) if rng.random() < 0.5 else 0 for _ in range(4))
+        oh, ow = (ih + pt + pb - kh) // sh + 1, (iw + pl + pr - kw) // sw + 1
+        g = timing.ConvGeometry(cin_g, 1, groups, cout_g, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr)
+        sizes = [groups * cin_g * ih * iw, groups * cout_g * oh * ow]
+        if (oh >= 1 and ow >= 1 and timing.packing(g, arch.cols) == 1 and not timing.reduction_split(g)
+                and not window_limits(sw, kw, (1, 1), ow, arch.rows) and sum(sizes) < ARENA_BYTES):
+            break
+    data = np.random.default_rng(rng.getrandbits(32))
+    w = data.integers(-127, 128, (groups * cout_g, cin_g, kh, kw)).astype(np.int8)
+    cout = groups * cout_g
+    shift = 20 + round(0.5 * np.log2(cin_g * kh * kw)) + rng.randint(-1, 1)  # outputs mostly inside the range
+    weights = layout.conv_weight_bytes(w, g, arch.cols)
+    params_at = len(weights)
+    weights += layout.param_bytes(data.integers(-5000, 5000, cout), data.integers(1 << 13, 1 << 15, cout),
+                                  np.full(cout, shift))
+    offsets = _regions(rng, sizes, ARENA_BYTES)
+    signed = rng.random() < 0.5
+    fields = dict(layer=rng.randrange(MAX_LAYERS), s0_signed=int(signed), out_signed=int(signed), src0=offsets[0],
+                  src1=0, dst=offsets[1], param=params_at, cin=groups * cin_g, cout=cout, ih=ih, iw=iw, oh=oh,
+                  ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, dh=1, dw=1, pt=pt, pl=pl, pb=pb, pr=pr, groups=groups,
+                  clip_lo=-128 if signed else 0, clip_hi=127 if signed else 255)
+    program = encode(Op.CONV, **fields) + encode(Op.END)
+    arena = data.integers(0, 256, ARENA_BYTES, dtype=np.uint8)
+    arena[offsets[0]:offsets[0] + sizes[0]] *= data.random(sizes[0]) < 0.7  # zeros for zero-part skipping
+    name = f"{index}-conv-g{groups}-{cin_g}x{ih}x{iw}-{cout_g}-k{kh}x{kw}-s{sh}{sw}"
+    registers = [PrecisionRegs(zero_skip=rng.random() < 0.5)] * MAX_LAYERS
+    return Case(name, case_build(board, name, program, weights, ARENA_BYTES), arena.tobytes(), registers)
+
+
 def random_cases(board: Board, count: int, seed: int) -> list[Case]:
     """`count` random single-layer programs, the same for the same seed."""
     rng = random.Random(seed)
-    return [eltwise_case(board, rng, i) for i in range(count)]
+    return [conv_case(board, rng, i) if i % 2 else eltwise_case(board, rng, i) for i in range(count)]
