@@ -37,17 +37,32 @@ def acc_signal() -> Signal:
     return Signal(intbv(0, min=-(1 << (PE_ACC_BITS - 1)), max=1 << (PE_ACC_BITS - 1)))
 
 
+PE_MODULE = "dynq_pe"
+"""The PE is its own module in the generated Verilog: one definition, `rows * cols` instances, so that
+synthesis maps it once."""
+
+
 @block
-def pe(clk, en, clear, bank, part, hi, weight, drain_bank, out):
+def pe(clk, en, clear, bank, part, hi, weight, drain_bank, result):
     """One PE: `acc[bank] += weight * part * (16 if hi else 1)` when `en`; `clear` starts the bank from it.
-    `out` is the drain bank's accumulator."""
+    `result` is the drain bank's accumulator. The product is shifts and adds (a 5-bit part): a PE needs no DSP."""
     acc0, acc1 = acc_signal(), acc_signal()
 
     @always(clk.posedge)
     def mac():
+        w = int(weight)
         prod = 0
         if en:
-            prod = int(weight) * int(part)
+            if part[0]:
+                prod = prod + w
+            if part[1]:
+                prod = prod + w * 2
+            if part[2]:
+                prod = prod + w * 4
+            if part[3]:
+                prod = prod + w * 8
+            if part[4]:
+                prod = prod - w * 16
             if hi:
                 prod = prod * 16
         if bank:
@@ -64,11 +79,41 @@ def pe(clk, en, clear, bank, part, hi, weight, drain_bank, out):
     @always_comb
     def read():
         if drain_bank:
-            out.next = acc1
+            result.next = acc1
         else:
-            out.next = acc0
+            result.next = acc0
 
     return mac, read
+
+
+@block
+def pe_instance(clk, en, clear, bank, part, hi, weight, drain_bank, result):
+    """An instance of the PE module (`pe`, converted once as PE_MODULE)."""
+
+    @always(clk.posedge)
+    def stand_in():  # the converter uses the Verilog and VHDL templates below, never this body
+        result.next = result
+
+    result.driven = "wire"
+    for s in (clk, en, clear, bank, part, hi, weight, drain_bank):
+        s.read = True
+    return stand_in
+
+
+pe_instance.verilog_code = (
+    PE_MODULE + " ${result}_pe (.clk($clk), .en($en), .clear($clear), .bank($bank), .part($part), .hi($hi), "
+    ".weight($weight), .drain_bank($drain_bank), .result($result));")
+pe_instance.vhdl_code = (
+    "${result}_pe: entity work." + PE_MODULE + " port map (clk => $clk, en => $en, clear => $clear, bank => $bank, "
+    "part => $part, hi => $hi, weight => $weight, drain_bank => $drain_bank, result => $result);")
+
+
+def pe_ports() -> dict[str, Signal]:
+    """The PE module's ports, as `conv_engine` connects them."""
+    return {"clk": Signal(bool(0)), "en": Signal(bool(0)), "clear": Signal(bool(0)), "bank": Signal(bool(0)),
+            "part": Signal(intbv(0, min=-(1 << (PART_BITS - 1)), max=1 << (PART_BITS - 1))),
+            "hi": Signal(bool(0)), "weight": Signal(intbv(0, min=-128, max=128)), "drain_bank": Signal(bool(0)),
+            "result": acc_signal()}
 
 
 @block
@@ -218,29 +263,29 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     pe_clear = Signal(bool(0))
     for j in range(rows):
         for k in range(cols):
-            insts.append(pe(clk, lane_en[j], pe_clear, bank, lane_part[j], lane_hi[j], col_w[k], dr_bank,
-                            pe_out[j][k]))
+            insts.append(pe_instance(clk, lane_en[j], pe_clear, bank, lane_part[j], lane_hi[j], col_w[k], dr_bank,
+                                     pe_out[j][k]))
     pe_cols = [ConcatSignal(*reversed([pe_out[j][k] for k in range(cols)])) for j in range(rows)]
 
     # column weights: byte (u * cols + k) of the word, for the sequencer's unit u
     for k in range(cols):
-        insts.append(_column_weight(wa_data, eff_u, col_w[k], k, cols))
+        insts.append(column_weight(wa_data, eff_u, col_w[k], k, cols))
 
     # lanes: the byte of each slot at position stride*j, its steps; the part of this cycle
     for j in range(rows):
         for t in range(BLOCK):
-            insts.append(_lane_value(line_a[t], sw, lane_vals[j][t], j))
-            insts.append(_lane_steps(lane_vals[j][t], s0_signed, zero_skip, ci_lanes, ci_nch, lane_steps[j][t],
+            insts.append(lane_value(line_a[t], sw, lane_vals[j][t], j))
+            insts.append(steps_of_lane(lane_vals[j][t], s0_signed, zero_skip, ci_lanes, ci_nch, lane_steps[j][t],
                                      j, t))
-        insts.append(_lane_part(lane_vals[j], lane_steps[j], eff_u, s_cur, s0_signed, zero_skip, any_unit,
+        insts.append(part_of_lane(lane_vals[j], lane_steps[j], eff_u, s_cur, s0_signed, zero_skip, any_unit,
                                 lane_part[j], lane_hi[j], lane_en[j]))
 
     for t in range(BLOCK):
-        insts.append(_unit_cost([lane_steps[j][t] for j in range(rows)], unit_cost[t]))
+        insts.append(cost_of_unit([lane_steps[j][t] for j in range(rows)], unit_cost[t]))
 
     # ---- line register updates -----------------------------------------------------------------------
     for t in range(BLOCK):
-        insts.append(_line_slot(clk, line_a[t], line_b[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t,
+        insts.append(line_slot(clk, line_a[t], line_b[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t,
                                 rows))
 
     # fill capture: mask bytes outside the input row
@@ -254,7 +299,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     cap_bytes = [reg(8) for _ in range(rows)]
     for i in range(rows):
-        insts.append(_padding_mask(ar_data(8 * i + 8, 8 * i), cap_x0, cap_row_ok, iw, cap_bytes[i], i))
+        insts.append(padding_mask(ar_data(8 * i + 8, 8 * i), cap_x0, cap_row_ok, iw, cap_bytes[i], i))
     masked = ConcatSignal(*reversed(cap_bytes))
 
     @always_comb
@@ -634,7 +679,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     insts += [drain_comb, param_port, drain_seq]
 
     for j in range(rows):
-        insts.append(_column_pick(clk, pe_cols[j], dr_k, acc_sel[j], cols))
+        insts.append(column_pick(clk, pe_cols[j], dr_k, acc_sel[j], cols))
         insts.append(drain_lane(clk, acc_sel[j], d_bias, d_mult, d_rnd, d_shift, clip_lo, clip_hi, lane_y[j]))
     y_all = ConcatSignal(*reversed(lane_y))
 
@@ -647,7 +692,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
 
 @block
-def _column_pick(clk, column_accs, k, out, cols: int):
+def column_pick(clk, column_accs, k, out, cols: int):
     """The drain's accumulator of column k, registered (it meets the parameter record a cycle later)."""
 
     @always(clk.posedge)
@@ -660,7 +705,7 @@ def _column_pick(clk, column_accs, k, out, cols: int):
 
 
 @block
-def _padding_mask(byte, x0, row_ok, iw, out, i: int):
+def padding_mask(byte, x0, row_ok, iw, out, i: int):
     """Byte i of a fill window, or 0 where it lies outside the input row (padding)."""
 
     @always_comb
@@ -675,7 +720,7 @@ def _padding_mask(byte, x0, row_ok, iw, out, i: int):
 
 
 @block
-def _column_weight(word, u, w, k: int, cols: int):
+def column_weight(word, u, w, k: int, cols: int):
     """Column k's weight for unit (line slot) u: byte u*cols + k of the weight word, signed."""
     parts = ConcatSignal(*reversed([word(8 * (t * cols + k) + 8, 8 * (t * cols + k)) for t in range(BLOCK)]))
 
@@ -690,7 +735,7 @@ def _column_weight(word, u, w, k: int, cols: int):
 
 
 @block
-def _lane_value(line, stride, value, j: int):
+def lane_value(line, stride, value, j: int):
     """Lane j's byte of a line: position stride * j (the line shifts one byte per tap)."""
 
     @always_comb
@@ -708,7 +753,7 @@ def _lane_value(line, stride, value, j: int):
 
 
 @block
-def _lane_steps(value, signed, zero_skip, lanes, nch, steps, j: int, t: int):
+def steps_of_lane(value, signed, zero_skip, lanes, nch, steps, j: int, t: int):
     """Steps of lane j in unit t: 2 parts, or with zero-part skipping its non-zero parts; 0 for lanes past
     the row's end and slots past the block's channels."""
 
@@ -730,7 +775,7 @@ def _lane_steps(value, signed, zero_skip, lanes, nch, steps, j: int, t: int):
 
 
 @block
-def _unit_cost(steps, cost):
+def cost_of_unit(steps, cost):
     """A unit costs its slowest lane."""
     every = ConcatSignal(*reversed(steps))
     lanes = len(steps)
@@ -748,7 +793,7 @@ def _unit_cost(steps, cost):
 
 
 @block
-def _lane_part(values, steps, u, s, signed, zero_skip, active, part, hi_out, en):
+def part_of_lane(values, steps, u, s, signed, zero_skip, active, part, hi_out, en):
     """The term part lane j multiplies this cycle: step s of unit u (high part first; with zero-part
     skipping the first non-zero part first)."""
     vals = ConcatSignal(*reversed(values))
@@ -776,7 +821,7 @@ def _lane_part(values, steps, u, s, signed, zero_skip, active, part, hi_out, en)
 
 
 @block
-def _line_slot(clk, a, b, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int, rows: int):
+def line_slot(clk, a, b, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int, rows: int):
     """Line slot t: A takes B at a phase end (with a window landing in that cycle), shifts a byte per tap;
     B receives the fill's windows."""
     width = len(a)

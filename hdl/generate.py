@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dynq.boards import load
 from dynq.errors import DynqError
+from dynq.hdl.conv import PE_MODULE, pe, pe_ports
 from dynq.hdl.core import dynq_core, ports
 
 TOP = "dynq_core"
@@ -28,16 +29,24 @@ class ConversionError(DynqError, RuntimeError):
 
 
 def generate(board_name: str, out_dir: Path, hdl: str = "Verilog") -> Path:
-    """Converts the core for `board_name` into `out_dir/dynq_core.v` (or `.vhd`); returns the file."""
+    """Converts the core for `board_name` into `out_dir/dynq_core.v` (or `.vhd`); returns the file.
+
+    The PE is converted once as its own module (`conv.PE_MODULE`): in Verilog it follows the core in the
+    same file, in VHDL it is `dynq_pe.vhd` beside it."""
     board = load(board_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    core = dynq_core(board, **ports(board))
+    suffix = "v" if hdl == "Verilog" else "vhd"
+    options = {"testbench": False} if hdl == "Verilog" else {}
     with warnings.catch_warnings():
         # WSTRB is unused by design (whole-word registers); any other converter warning stays visible
         warnings.filterwarnings("ignore", message=".*Port is not used: s_axil_wstrb")
-        options = {"testbench": False} if hdl == "Verilog" else {}
-        core.convert(hdl=hdl, path=str(out_dir), name=TOP, **options)
-    return out_dir / f"{TOP}.{'v' if hdl == 'Verilog' else 'vhd'}"
+        dynq_core(board, **ports(board)).convert(hdl=hdl, path=str(out_dir), name=TOP, **options)
+        pe(**pe_ports()).convert(hdl=hdl, path=str(out_dir), name=PE_MODULE, **options)
+    core_file, pe_file = out_dir / f"{TOP}.{suffix}", out_dir / f"{PE_MODULE}.{suffix}"
+    if hdl == "Verilog":
+        core_file.write_text(core_file.read_text() + "\n" + normalized(pe_file.read_text()))
+        pe_file.unlink()
+    return core_file
 
 
 class LintError(DynqError, RuntimeError):

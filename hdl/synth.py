@@ -143,7 +143,7 @@ def yosys_version() -> str:
 
 def script(family: str) -> str:
     """The Yosys script, run in a scratch directory holding the Verilog as `dynq_core.v` (and `_aux_files`)."""
-    stat = "tee -q -o stat.json stat -json"
+    stat = f"tee -q -o stat.json stat -json -top {TOP}"
     if family not in ("xcu", "xcup") or not _aux_files(family):
         return f"read_verilog {TOP}.v; {command(family)}; {stat}"
     # synth_xilinx up to its memory mapping, its own memory mapping commands (from `echo on` of this Yosys)
