@@ -679,7 +679,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     insts += [drain_comb, param_port, drain_seq]
 
     for j in range(rows):
-        insts.append(column_pick(clk, pe_cols[j], dr_k, acc_sel[j], cols))
+        flat = Signal(intbv(0)[PE_ACC_BITS * cols:])  # a plain signal: a template cannot read a ConcatSignal
+        insts.append(wire(pe_cols[j], flat))
+        insts.append(column_pick(clk, flat, dr_k, acc_sel[j], cols))
         insts.append(drain_lane(clk, acc_sel[j], d_bias, d_mult, d_rnd, d_shift, clip_lo, clip_hi, lane_y[j]))
     y_all = ConcatSignal(*reversed(lane_y))
 
@@ -692,6 +694,15 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
 
 @block
+def wire(source, sink):
+    @always_comb
+    def copy():
+        sink.next = source
+
+    return copy
+
+
+@block
 def column_pick(clk, column_accs, k, out, cols: int):
     """The drain's accumulator of column k, registered (it meets the parameter record a cycle later)."""
 
@@ -701,7 +712,16 @@ def column_pick(clk, column_accs, k, out, cols: int):
         v[:] = column_accs >> (PE_ACC_BITS * int(k))
         out.next = v[PE_ACC_BITS:0].signed()
 
+    out.driven = "reg"
+    column_accs.read = k.read = True
     return pick
+
+
+# a word multiplexer (an indexed part-select), not the barrel shifter the shift above converts to
+_ACC, _TOP = str(PE_ACC_BITS), str(PE_ACC_BITS - 1)
+column_pick.verilog_code = "always @(posedge $clk) $out <= $column_accs[$k * " + _ACC + " +: " + _ACC + "];"
+column_pick.vhdl_code = ("process ($clk) begin if rising_edge($clk) then $out <= signed($column_accs(to_integer($k) * "
+                         + _ACC + " + " + _TOP + " downto to_integer($k) * " + _ACC + ")); end if; end process;")
 
 
 @block
