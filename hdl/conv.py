@@ -143,10 +143,11 @@ def drain_lane(clk, acc, bias, mult, rnd, shift, clip_lo, clip_hi, y):
 
 @block
 def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar_addr, ar_data, aw_en, aw_addr,
-                aw_data, aw_mask, wa_addr, wa_data, wb_addr, wb_data, last):
+                aw_data, aw_mask, wa_addr, wa_data, wb_addr, wb_data, last, n_compute, n_stall, n_steps):
     """`start` (one cycle) latches the instruction fields `f` (a dict of signals, valid in that cycle).
     Arena: read port (`ar_addr` -> `ar_data` a cycle later), write port. Weight memory: port A for weights,
-    port B for the per-channel records. `last` marks the layer's final busy cycle (its last output write)."""
+    port B for the per-channel records. `last` marks the layer's final busy cycle (its last output write);
+    then `n_compute`, `n_stall` and `n_steps` hold the layer's compute_cycles, stall_cycles and mac_steps."""
     line_bytes = LINE_WINDOWS * rows
     f_cin = f["cin"]
     f_clip_hi = f["clip_hi"]
@@ -227,6 +228,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     lane_part = [reg(PART_BITS, True) for _ in range(rows)]
     lane_hi = [Signal(bool(0)) for _ in range(rows)]
     lane_en = [Signal(bool(0)) for _ in range(rows)]
+    lane_n = [reg(2) for _ in range(rows)]  # each lane's steps in the unit of this cycle
     eff_u = reg(3)
     any_unit = Signal(bool(0))
     unit_cost = [reg(2) for _ in range(BLOCK)]
@@ -278,7 +280,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             insts.append(steps_of_lane(lane_vals[j][t], s0_signed, zero_skip, ci_lanes, ci_nch, lane_steps[j][t],
                                      j, t))
         insts.append(part_of_lane(lane_vals[j], lane_steps[j], eff_u, s_cur, s0_signed, zero_skip, any_unit,
-                                lane_part[j], lane_hi[j], lane_en[j]))
+                                  lane_part[j], lane_hi[j], lane_en[j], lane_n[j]))
 
     for t in range(BLOCK):
         insts.append(cost_of_unit([lane_steps[j][t] for j in range(rows)], unit_cost[t]))
@@ -690,6 +692,48 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         aw_data.next = y_all
 
     insts.append(write_data)
+
+    # ---- counters: compute cycles; and, on a group's first column tile, lane steps and lock-step stalls ----
+    lanes_n = ConcatSignal(*reversed(lane_n))
+    lanes_en = ConcatSignal(*reversed(lane_en))
+    k_compute, k_stall, k_steps = reg(32), reg(32), reg(32)
+    cycle_steps, cycle_stall = reg(rb + 1), reg(2)
+
+    @always_comb
+    def count_cycle():
+        total = 0
+        fastest = 3
+        for j in range(rows):
+            n = int((lanes_n >> (2 * j)) & 3)
+            if (lanes_en >> j) & 1:
+                total = total + 1
+            if j < ci_lanes and n < fastest:
+                fastest = n
+        cycle_steps.next = total
+        n = 0
+        if any_unit and s_cur == 0:
+            n = int((costs >> (2 * int(eff_u))) & 3) - fastest
+        cycle_stall.next = n
+
+    @always(clk.posedge)
+    def count():
+        if start and state == st_t.IDLE:
+            k_compute.next = 0
+            k_stall.next = 0
+            k_steps.next = 0
+        elif state == st_t.RUN and c_busy:
+            k_compute.next = k_compute + 1
+            if ci_ct == 0:
+                k_steps.next = k_steps + cycle_steps
+                k_stall.next = k_stall + cycle_stall
+
+    @always_comb
+    def counters_out():
+        n_compute.next = k_compute
+        n_stall.next = k_stall * col_tiles
+        n_steps.next = k_steps * cout_g
+
+    insts += [count_cycle, count, counters_out]
     return insts
 
 
@@ -813,7 +857,7 @@ def cost_of_unit(steps, cost):
 
 
 @block
-def part_of_lane(values, steps, u, s, signed, zero_skip, active, part, hi_out, en):
+def part_of_lane(values, steps, u, s, signed, zero_skip, active, part, hi_out, en, n_out):
     """The term part lane j multiplies this cycle: step s of unit u (high part first; with zero-part
     skipping the first non-zero part first)."""
     vals = ConcatSignal(*reversed(values))
@@ -836,6 +880,7 @@ def part_of_lane(values, steps, u, s, signed, zero_skip, active, part, hi_out, e
             part.next = lo
         hi_out.next = take_hi
         en.next = active and s < n
+        n_out.next = n
 
     return choose
 

@@ -464,6 +464,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     c_aw_en, c_last, c_start = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     c_wa_addr, c_wb_addr = Signal(intbv(0)[wmw:]), Signal(intbv(0)[wmw:])
     conv_err = Signal(intbv(0)[8:])
+    c_compute, c_stall, c_steps = word(), word(), word()
+    i_busy, i_stall, i_compute, i_steps = (rg.COUNTERS.index(n) for n in ("busy_cycles", "stall_cycles",
+                                                                          "compute_cycles", "mac_steps"))
 
     # ---- sequencer ----------------------------------------------------------------------------------------
     s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "CONV", "WRITEBACK")
@@ -656,7 +659,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             if c_last:
                 cnt_we.next = 1
                 cnt_wa.next = layer
-                cnt_in.next = cyc + 1
+                bank_words = intbv(0)[32 * n_counters:]
+                bank_words[32 * i_busy + 32:32 * i_busy] = cyc + 1
+                bank_words[32 * i_stall + 32:32 * i_stall] = c_stall
+                bank_words[32 * i_compute + 32:32 * i_compute] = c_compute
+                bank_words[32 * i_steps + 32:32 * i_steps] = c_steps
+                cnt_in.next = bank_words
                 state.next = s_t.WRITEBACK
         elif state == s_t.EXEC:
             cycles.next = cycles + 1
@@ -733,7 +741,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     engine_fields = {**fields, "zero_skip": f_zero_skip}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_data, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b,
-                             c_last))
+                             c_last, c_compute, c_stall, c_steps))
     f_aux, f_cout, f_groups, f_oh, f_ow = fields["aux"], fields["cout"], fields["groups"], fields["oh"], fields["ow"]
     f_kh, f_kw, f_sw, f_dh, f_dw = fields["kh"], fields["kw"], fields["sw"], fields["dh"], fields["dw"]
     f_pt, f_pl, f_pb, f_pr, f_param = fields["pt"], fields["pl"], fields["pb"], fields["pr"], fields["param"]
