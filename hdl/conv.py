@@ -5,8 +5,8 @@ one output row and `rows` lanes, items of (kernel row, block of BLOCK input chan
 the item in the active line registers (A), the fill unit reads the next item's lines into the shadow set (B)
 one arena window a cycle; at the end of a phase A takes B. Per tap the sequencer visits the block's units
 whose slowest lane has steps to do (zero-part skipping skips whole units in no cycle), one term part per
-lane per cycle; a tap with nothing to do still takes its cycle. Each PE has two accumulator banks: a pass
-accumulates into one while the drain requantizes the other, one output channel a cycle.
+lane per cycle; a tap with nothing to do still takes its cycle. At a pass's end each PE keeps its sum for
+the drain, which requantizes one output channel a cycle while the next pass accumulates afresh.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import BLOCK, LINE_WINDOWS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
-from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed_acc
+from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
 
 PE_ACC_BITS = nx.ACC_BITS
 """The PEs' accumulators: the compiler proves every layer's sums fit (`numerics.accumulator_bound`)."""
-PART_BITS = nx.PART_BITS + 1
-"""A term part as the PE multiplies it: signed, -16..15 (int8 high parts, low parts, DRQ's 4-bit values)."""
+MAG_BITS = nx.PART_BITS
+"""A term part as a PE multiplies it: a magnitude (0..15) and a sign, so that the product is two radix-4
+digits read from the column's multiples of its weight and one add."""
+WEIGHT_BITS = 8
 DRAIN_READ_LATENCY = 1
+assert MAG_BITS == 4, "the PE reads a part as two radix-4 digits"
 assert DRAIN_READ_LATENCY + 3 == timing.PIPE_CYCLES, "drain: parameter read + three requantizer stages"
 assert timing.FILL_LATENCY == 1, "a fill's last window lands one cycle after its read"
 
@@ -34,7 +37,7 @@ def log2(n: int) -> int:
 
 
 def acc_signal() -> Signal:
-    return Signal(intbv(0, min=-(1 << (PE_ACC_BITS - 1)), max=1 << (PE_ACC_BITS - 1)))
+    return signed(PE_ACC_BITS)
 
 
 PE_MODULE = "dynq_pe"
@@ -43,116 +46,108 @@ synthesis maps it once."""
 
 
 @block
-def pe(clk, en, clear, bank, part, hi, weight, drain_bank, result):
-    """One PE: `acc[bank] += weight * part * (16 if hi else 1)` when `en`; `clear` starts the bank from it.
-    `result` is the drain bank's accumulator. The product is shifts and adds (a 5-bit part): a PE needs no DSP."""
-    acc0, acc1 = acc_signal(), acc_signal()
+def pe(clk, reset, capture, mag, neg, hi, w1, w3, result):
+    """One PE: `acc += (-1 if neg else 1) * w * mag * (16 if hi else 1)`; `reset` starts the next cycle's
+    sum from 0; `capture` keeps this cycle's sum in `result` for the drain while the next pass accumulates.
 
-    @always(clk.posedge)
-    def mac():
-        w = int(weight)
-        prod = 0
-        if en:
-            if part[0]:
-                prod = prod + w
-            if part[1]:
-                prod = prod + w * 2
-            if part[2]:
-                prod = prod + w * 4
-            if part[3]:
-                prod = prod + w * 8
-            if part[4]:
-                prod = prod - w * 16
-            if hi:
-                prod = prod * 16
-        if bank:
-            if clear:
-                acc1.next = prod
-            else:
-                acc1.next = acc1 + prod
-        else:
-            if clear:
-                acc0.next = prod
-            else:
-                acc0.next = acc0 + prod
+    The column supplies its weight w as `w1` and 3w as `w3`: the two 2-bit digits of `mag` each pick 0, w,
+    2w or 3w, and one add makes w * mag. No multiplier (hence no DSP), and a lane with nothing to do has
+    `mag` 0. About 80 LUTs on xc7 against ~400 for a multiplier-free shift-and-add on 32-bit integers."""
+    acc = acc_signal()
+    total = acc_signal()
+    digit_lo, digit_hi = signed(WEIGHT_BITS + 3), signed(WEIGHT_BITS + 3)
+    prod = signed(WEIGHT_BITS + 6)
+    addend = signed(WEIGHT_BITS + 10)
 
     @always_comb
-    def read():
-        if drain_bank:
-            result.next = acc1
+    def digits():
+        if mag[2:0] == 1:
+            digit_lo.next = w1
+        elif mag[2:0] == 2:
+            digit_lo.next = w1 * 2
+        elif mag[2:0] == 3:
+            digit_lo.next = w3
         else:
-            result.next = acc0
+            digit_lo.next = 0
+        if mag[4:2] == 1:
+            digit_hi.next = w1
+        elif mag[4:2] == 2:
+            digit_hi.next = w1 * 2
+        elif mag[4:2] == 3:
+            digit_hi.next = w3
+        else:
+            digit_hi.next = 0
 
-    return mac, read
+    @always_comb
+    def product():
+        prod.next = digit_lo + digit_hi * 4
+
+    @always_comb
+    def scale():
+        if hi:
+            addend.next = prod * 16
+        else:
+            addend.next = prod
+
+    @always_comb
+    def accumulate():
+        if neg:
+            total.next = acc - addend
+        else:
+            total.next = acc + addend
+
+    @always(clk.posedge)
+    def update():
+        if reset:
+            acc.next = 0
+        else:
+            acc.next = total
+        if capture:
+            result.next = total
+
+    return digits, product, scale, accumulate, update
 
 
 @block
-def pe_instance(clk, en, clear, bank, part, hi, weight, drain_bank, result):
+def pe_instance(clk, reset, capture, mag, neg, hi, w1, w3, result):
     """An instance of the PE module (`pe`, converted once as PE_MODULE)."""
 
     @always(clk.posedge)
     def stand_in():  # the converter uses the Verilog and VHDL templates below, never this body
         result.next = result
 
-    result.driven = "wire"
-    for s in (clk, en, clear, bank, part, hi, weight, drain_bank):
+    result.driven = "reg"
+    for s in (clk, reset, capture, mag, neg, hi, w1, w3):
         s.read = True
     return stand_in
 
 
-pe_instance.verilog_code = (
-    PE_MODULE + " ${result}_pe (.clk($clk), .en($en), .clear($clear), .bank($bank), .part($part), .hi($hi), "
-    ".weight($weight), .drain_bank($drain_bank), .result($result));")
-pe_instance.vhdl_code = (
-    "${result}_pe: entity work." + PE_MODULE + " port map (clk => $clk, en => $en, clear => $clear, bank => $bank, "
-    "part => $part, hi => $hi, weight => $weight, drain_bank => $drain_bank, result => $result);")
+_PE_PORTS = ("clk", "reset", "capture", "mag", "neg", "hi", "w1", "w3", "result")
+pe_instance.verilog_code = (PE_MODULE + " ${result}_pe (" + ", ".join(f".{n}(${n})" for n in _PE_PORTS) + ");")
+pe_instance.vhdl_code = ("${result}_pe: entity work." + PE_MODULE + " port map ("
+                         + ", ".join(f"{n} => ${n}" for n in _PE_PORTS) + ");")
 
 
 def pe_ports() -> dict[str, Signal]:
     """The PE module's ports, as `conv_engine` connects them."""
-    return {"clk": Signal(bool(0)), "en": Signal(bool(0)), "clear": Signal(bool(0)), "bank": Signal(bool(0)),
-            "part": Signal(intbv(0, min=-(1 << (PART_BITS - 1)), max=1 << (PART_BITS - 1))),
-            "hi": Signal(bool(0)), "weight": Signal(intbv(0, min=-128, max=128)), "drain_bank": Signal(bool(0)),
-            "result": acc_signal()}
-
-
-@block
-def drain_lane(clk, acc, bias, mult, rnd, shift, clip_lo, clip_hi, y):
-    """requant(acc + bias, mult, shift), clamped, in three registered stages (`rnd`, `shift` and the clamp
-    bounds travel with the value)."""
-    acc1, acc2 = signed_acc(), signed_acc()
-    sh1, sh2 = Signal(intbv(0)[6:]), Signal(intbv(0)[6:])
-    rnd1 = signed_acc()
-
-    @always(clk.posedge)
-    def stages():
-        acc1.next = (acc + bias) * mult
-        rnd1.next = rnd
-        sh1.next = shift
-        acc2.next = acc1 + rnd1
-        sh2.next = sh1
-        r = int(acc2 >> sh2)
-        if r < clip_lo:
-            r = int(clip_lo)
-        elif r > clip_hi:
-            r = int(clip_hi)
-        y.next = r & 0xFF
-
-    return stages
+    return {"clk": Signal(bool(0)), "reset": Signal(bool(0)), "capture": Signal(bool(0)),
+            "mag": Signal(intbv(0)[MAG_BITS:]), "neg": Signal(bool(0)), "hi": Signal(bool(0)),
+            "w1": signed(WEIGHT_BITS), "w3": signed(WEIGHT_BITS + 2), "result": acc_signal()}
 
 
 @block
 def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar_addr, ar_data, aw_en, aw_addr,
-                aw_data, aw_mask, wa_addr, wa_data, wb_addr, wb_data, last, n_compute, n_stall, n_steps):
+                aw_mask, wa_addr, wa_data, wb_addr, wb_data, drain, last, n_compute, n_stall, n_steps):
     """`start` (one cycle) latches the instruction fields `f` (a dict of signals, valid in that cycle).
-    Arena: read port (`ar_addr` -> `ar_data` a cycle later), write port. Weight memory: port A for weights,
-    port B for the per-channel records. `last` marks the layer's final busy cycle (its last output write);
-    then `n_compute`, `n_stall` and `n_steps` hold the layer's compute_cycles, stall_cycles and mac_steps."""
+    Arena: read port (`ar_addr` -> `ar_data` a cycle later), write port (its data comes from the requantizer
+    lanes). Weight memory: port A for weights, port B for the per-channel records. `drain` (a dict) feeds the
+    core's requantizer lanes: `acc` (a sum per lane), `bias` and `mult` for their first stage, `rnd` and
+    `shift` in the cycles of their second and third. `last` marks the layer's final busy cycle (its last
+    output write); then `n_compute`, `n_stall` and `n_steps` hold the layer's compute_cycles, stall_cycles
+    and mac_steps."""
     line_bytes = LINE_WINDOWS * rows
-    f_cin = f["cin"]
-    f_clip_hi = f["clip_hi"]
-    f_clip_lo = f["clip_lo"]
-    f_cout = f["cout"]
+    f_cin_g = f["cin_g"]
+    f_cout_g = f["cout_g"]
     f_dst = f["dst"]
     f_groups = f["groups"]
     f_ih = f["ih"]
@@ -184,12 +179,12 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             return Signal(intbv(0, min=-(1 << (bits - 1)), max=1 << (bits - 1)))
         return Signal(intbv(0)[bits:])
 
-    src0, dst, wbase, pbase = reg(33), reg(33), reg(33), reg(33)
+    src0, dst, pbase = reg(33), reg(33), reg(33)
+    tile_words = reg(32)  # weight words of one (group, column tile): kh * blocks * kw
     cin_g, cout_g, groups = reg(16), reg(16), reg(16)
     ih, iw, oh, ow = reg(16), reg(16), reg(16), reg(16)
     kh, kw, sh, sw, pt, pl = reg(8), reg(8), reg(4), reg(4), reg(4), reg(4)
     s0_signed, zero_skip = Signal(bool(0)), Signal(bool(0))
-    clip_lo, clip_hi = reg(16, True), reg(16, True)
     plane_in, plane_out = reg(33), reg(33)
     col_tiles, blocks, xtiles = reg(16), reg(16), reg(16)
 
@@ -213,7 +208,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     fl_row = reg(34)  # arena address of read 0 of the current slot (may be out of range: masked)
     fl_x0 = reg(18, True)  # input column of line byte 0
     fl_row_ok = Signal(bool(0))
-    cap_x0 = reg(18, True)
     cap_row_ok = Signal(bool(0))
     # ---- sequencer -----------------------------------------------------------------------------------
     st_t = enum("IDLE", "RUN", "TAIL")
@@ -223,9 +217,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     tap_start = Signal(bool(0))
     u_cur, s_cur = reg(3), reg(2)
     w_tap = reg(34)
-    bank = Signal(bool(0))
     # per-lane part of this cycle
-    lane_part = [reg(PART_BITS, True) for _ in range(rows)]
+    lane_mag = [reg(MAG_BITS) for _ in range(rows)]
+    lane_neg = [Signal(bool(0)) for _ in range(rows)]
     lane_hi = [Signal(bool(0)) for _ in range(rows)]
     lane_en = [Signal(bool(0)) for _ in range(rows)]
     lane_n = [reg(2) for _ in range(rows)]  # each lane's steps in the unit of this cycle
@@ -236,7 +230,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     lane_vals = [[reg(8) for _ in range(BLOCK)] for _ in range(rows)]
     # ---- drain unit ----------------------------------------------------------------------------------
     dr_busy = Signal(bool(0))
-    dr_bank = Signal(bool(0))
     dr_k, dr_ncols = reg(16), reg(16)
     dr_co, dr_addr = reg(16), reg(34)
     dr_t_valid = [Signal(bool(0)) for _ in range(pipe)]
@@ -245,14 +238,13 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     dr_mask = reg(rows)
     dr_t_mask = [reg(rows) for _ in range(pipe)]
     dr_rec = reg(max(recb, 1))
-    acc_sel = [acc_signal() for _ in range(rows)]
-    d_bias, d_mult = signed_acc(34), signed_acc(17)
-    d_shift = reg(6)
-    d_rnd = signed_acc()
-    lane_y = [reg(8) for _ in range(rows)]
+    acc_sel = drain["acc"]
+    d_bias, d_mult = drain["bias"], drain["mult"]
+    d_shift, d_rnd = reg(6), signed_acc()
+    rnd_2, shift_2, shift_3 = drain["rnd"], reg(6), drain["shift"]
 
     # phase bookkeeping
-    first_cycle = Signal(bool(0))  # the first compute cycle of a pass: the PEs start their bank afresh
+    pe_reset = Signal(bool(0))  # a pass starts in the next cycle: the PEs' sums start from 0
     phase_end = Signal(bool(0))
     c_done_now, f_done_now = Signal(bool(0)), Signal(bool(0))
     drain_free = Signal(bool(0))
@@ -260,18 +252,18 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     last_now = Signal(bool(0))
 
     # ---- PEs -----------------------------------------------------------------------------------------
-    col_w = [reg(8, True) for _ in range(cols)]
+    col_w1 = [signed(WEIGHT_BITS) for _ in range(cols)]
+    col_w3 = [signed(WEIGHT_BITS + 2) for _ in range(cols)]
     pe_out = [[acc_signal() for _ in range(cols)] for _ in range(rows)]
-    pe_clear = Signal(bool(0))
     for j in range(rows):
         for k in range(cols):
-            insts.append(pe_instance(clk, lane_en[j], pe_clear, bank, lane_part[j], lane_hi[j], col_w[k], dr_bank,
-                                     pe_out[j][k]))
+            insts.append(pe_instance(clk, pe_reset, start_drain, lane_mag[j], lane_neg[j], lane_hi[j], col_w1[k],
+                                     col_w3[k], pe_out[j][k]))
     pe_cols = [ConcatSignal(*reversed([pe_out[j][k] for k in range(cols)])) for j in range(rows)]
 
-    # column weights: byte (u * cols + k) of the word, for the sequencer's unit u
+    # column weights: byte (u * cols + k) of the word, for the sequencer's unit u, and three times it
     for k in range(cols):
-        insts.append(column_weight(wa_data, eff_u, col_w[k], k, cols))
+        insts.append(column_weight(wa_data, eff_u, col_w1[k], col_w3[k], k, cols))
 
     # lanes: the byte of each slot at position stride*j, its steps; the part of this cycle
     for j in range(rows):
@@ -280,7 +272,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             insts.append(steps_of_lane(lane_vals[j][t], s0_signed, zero_skip, ci_lanes, ci_nch, lane_steps[j][t],
                                      j, t))
         insts.append(part_of_lane(lane_vals[j], lane_steps[j], eff_u, s_cur, s0_signed, zero_skip, any_unit,
-                                  lane_part[j], lane_hi[j], lane_en[j], lane_n[j]))
+                                  lane_mag[j], lane_neg[j], lane_hi[j], lane_en[j], lane_n[j]))
 
     for t in range(BLOCK):
         insts.append(cost_of_unit([lane_steps[j][t] for j in range(rows)], unit_cost[t]))
@@ -290,18 +282,36 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         insts.append(line_slot(clk, line_a[t], line_b[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t,
                                 rows))
 
-    # fill capture: mask bytes outside the input row
+    # fill capture: the window's bytes [cap_lo, cap_hi) lie inside the input row, the others are padding
+    read_x0 = reg(18, True)
+    cap_lo, cap_hi = reg(rb + 1), reg(rb + 1)
+
+    @always_comb
+    def read_column():
+        read_x0.next = fl_x0 + (fl_r << rb)
+
     @always(clk.posedge)
     def fill_capture():
         cap_en.next = fl_busy
         cap_t.next = fl_t[3:]
         cap_r.next = fl_r[2:]
-        cap_x0.next = fl_x0 + (fl_r << rb)
         cap_row_ok.next = fl_row_ok
+        lo = 0
+        if read_x0 < 0:
+            lo = -read_x0
+        if lo > rows:
+            lo = rows
+        cap_lo.next = lo
+        hi = iw - read_x0
+        if hi < 0:
+            hi = 0
+        if hi > rows:
+            hi = rows
+        cap_hi.next = hi
 
     cap_bytes = [reg(8) for _ in range(rows)]
     for i in range(rows):
-        insts.append(padding_mask(ar_data(8 * i + 8, 8 * i), cap_x0, cap_row_ok, iw, cap_bytes[i], i))
+        insts.append(padding_mask(ar_data(8 * i + 8, 8 * i), cap_lo, cap_hi, cap_row_ok, cap_bytes[i], i))
     masked = ConcatSignal(*reversed(cap_bytes))
 
     @always_comb
@@ -318,26 +328,36 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     def fill_port():
         ar_addr.next = fill_at
 
-    insts += [fill_capture, capture_mask, fill_address, fill_port]
+    insts += [read_column, fill_capture, capture_mask, fill_address, fill_port]
 
     # ---- the tap sequencer ---------------------------------------------------------------------------
     costs = ConcatSignal(*reversed(unit_cost))
     next_u = reg(3)
+    more_units = Signal(bool(0))
+
+    first_u = reg(3)
+    first_found = Signal(bool(0))
+
+    @always_comb
+    def first_unit():
+        n = 0
+        found = False
+        for t in range(BLOCK):
+            if not found and ((costs >> (2 * t)) & 3) != 0:
+                n = t
+                found = True
+        first_u.next = n
+        first_found.next = found
 
     @always_comb
     def unit_choice():
         # the unit processed this cycle: the current one, or at a tap's start the first with work
-        u = int(u_cur)
-        found = False
         if tap_start:
-            for t in range(BLOCK):
-                if not found and ((costs >> (2 * t)) & 3) != 0:
-                    u = t
-                    found = True
+            eff_u.next = first_u
+            any_unit.next = first_found and c_busy
         else:
-            found = ((costs >> (2 * int(u_cur))) & 3) != 0
-        eff_u.next = u
-        any_unit.next = found and c_busy
+            eff_u.next = u_cur
+            any_unit.next = ((costs >> (2 * int(u_cur))) & 3) != 0 and c_busy
 
     @always_comb
     def following_unit():
@@ -350,17 +370,13 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         next_u.next = n
         more_units.next = found
 
-    insts += [unit_choice, following_unit]
+    insts += [first_unit, unit_choice, following_unit]
 
     # ---- weight address: the word of the tap computed in the next cycle -----------------------------
-    fi_word = reg(34)
-
-    @always_comb
-    def item_word():
-        fi_word.next = wbase + ((fi_gi * col_tiles + fi_ct) * kh + fi_a) * blocks * kw + fi_m * kw
+    # the fill item's first weight word, and that of its (group, column tile): counted, not multiplied
+    fi_word, fi_tile = reg(34), reg(34)
 
     tap_end = Signal(bool(0))
-    more_units = Signal(bool(0))
     w_next = Signal(modbv(0)[wmw:])
 
     @always_comb
@@ -387,7 +403,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     def weight_port():
         wa_addr.next = w_next
 
-    insts += [item_word, tap_logic, weight_next, weight_port]
+    insts += [tap_logic, weight_next, weight_port]
 
     @always_comb
     def phase_logic():
@@ -399,13 +415,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         start_drain.next = ok and ci_valid and ci_last
         take_b.next = ok
         shift_a.next = c_busy and tap_end and tap_b + 1 < kw
-        pe_clear.next = first_cycle
+        pe_reset.next = ok and fi_valid and fi_a == 0 and fi_m == 0
 
     insts.append(phase_logic)
 
     # ---- next fill item and its fill parameters -------------------------------------------------------
     nx_gi, nx_ct, nx_oy, nx_xt, nx_a, nx_m = reg(16), reg(16), reg(16), reg(16), reg(8), reg(16)
     nx_valid = Signal(bool(0))
+    nx_word, nx_tile = reg(34), reg(34)
     nx_nch, nx_reads = reg(5), reg(3)
     nx_row, nx_x0 = reg(34, True), reg(18, True)
     nx_row_ok = Signal(bool(0))
@@ -420,12 +437,15 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         a = int(fi_a)
         m = int(fi_m)
         valid = bool(fi_valid)
+        word = int(fi_word) + int(kw)
+        tile = int(fi_tile)
         m += 1
         if m >= blocks:
             m = 0
             a += 1
             if a >= kh:
                 a = 0
+                word = tile
                 xt += 1
                 if xt >= xtiles:
                     xt = 0
@@ -433,6 +453,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     if oy >= oh:
                         oy = 0
                         ct += 1
+                        tile = tile + int(tile_words)
+                        word = tile
                         if ct >= col_tiles:
                             ct = 0
                             gi += 1
@@ -445,6 +467,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         nx_a.next = a
         nx_m.next = m
         nx_valid.next = valid
+        nx_word.next = word
+        nx_tile.next = tile
 
     @always_comb
     def next_fill():
@@ -475,14 +499,15 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             c_busy.next = 0
             ci_valid.next = 0
             fi_valid.next = 0
-            first_cycle.next = 0
         elif state == st_t.IDLE:
             if start:
-                cg = int(f_cin) // int(f_groups)
-                og = int(f_cout) // int(f_groups)
+                cg = int(f_cin_g)
+                og = int(f_cout_g)
                 src0.next = f_src0
                 dst.next = f_dst
-                wbase.next = f_src1 >> wbb
+                fi_word.next = f_src1 >> wbb
+                fi_tile.next = f_src1 >> wbb
+                tile_words.next = int(f_kh) * ((cg + BLOCK - 1) // BLOCK) * int(f_kw)
                 pbase.next = f_param
                 cin_g.next = cg
                 cout_g.next = og
@@ -499,8 +524,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 pl.next = f_pl
                 s0_signed.next = f_s0_signed
                 zero_skip.next = f_zero_skip
-                clip_lo.next = f_clip_lo.signed()
-                clip_hi.next = f_clip_hi.signed()
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
                 col_tiles.next = (og + cols - 1) // cols
@@ -517,7 +540,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 fi_valid.next = 1
                 ci_valid.next = 0
                 c_busy.next = 0
-                bank.next = 1
                 n0 = cg
                 if n0 > BLOCK:
                     n0 = BLOCK
@@ -533,7 +555,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 fl_row_ok.next = int(f_pt) == 0
                 fl_row.next = int(f_src0) - int(f_pt) * int(f_iw) - int(f_pl)
         elif state == st_t.RUN:
-            first_cycle.next = 0
             # fill unit: one window read a cycle
             if fl_busy:
                 if fl_r + 1 < fl_reads:
@@ -568,7 +589,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 w_tap.next = fi_word
                 # the fill item becomes the compute item
                 ci_valid.next = fi_valid
-                first = fi_a == 0 and fi_m == 0
                 ci_last.next = fi_a + 1 == kh and fi_m + 1 == blocks
                 ci_gi.next = fi_gi
                 ci_ct.next = fi_ct
@@ -586,9 +606,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 tap_b.next = 0
                 tap_start.next = 1
                 s_cur.next = 0
-                first_cycle.next = fi_valid and first
-                if fi_valid and first:
-                    bank.next = not bank
                 # the next item's fill starts
                 fi_gi.next = nx_gi
                 fi_ct.next = nx_ct
@@ -596,6 +613,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 fi_xt.next = nx_xt
                 fi_a.next = nx_a
                 fi_m.next = nx_m
+                fi_word.next = nx_word
+                fi_tile.next = nx_tile
                 fi_valid.next = fi_valid and nx_valid
                 if fi_valid and nx_valid:
                     fl_busy.next = 1
@@ -667,7 +686,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 dr_busy.next = 0
             if start_drain:
                 dr_busy.next = 1
-                dr_bank.next = bank
                 dr_k.next = 0
                 n = int(cout_g) - int(ci_ct) * cols
                 if n > cols:
@@ -684,14 +702,15 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         flat = Signal(intbv(0)[PE_ACC_BITS * cols:])  # a plain signal: a template cannot read a ConcatSignal
         insts.append(wire(pe_cols[j], flat))
         insts.append(column_pick(clk, flat, dr_k, acc_sel[j], cols))
-        insts.append(drain_lane(clk, acc_sel[j], d_bias, d_mult, d_rnd, d_shift, clip_lo, clip_hi, lane_y[j]))
-    y_all = ConcatSignal(*reversed(lane_y))
 
-    @always_comb
-    def write_data():
-        aw_data.next = y_all
+    @always(clk.posedge)
+    def stage_terms():
+        # the rounding term and the shift follow the sums into the lanes' second and third stages
+        rnd_2.next = d_rnd
+        shift_2.next = d_shift
+        shift_3.next = shift_2
 
-    insts.append(write_data)
+    insts.append(stage_terms)
 
     # ---- counters: compute cycles; and, on a group's first column tile, lane steps and lock-step stalls ----
     lanes_n = ConcatSignal(*reversed(lane_n))
@@ -769,13 +788,12 @@ column_pick.vhdl_code = ("process ($clk) begin if rising_edge($clk) then $out <=
 
 
 @block
-def padding_mask(byte, x0, row_ok, iw, out, i: int):
-    """Byte i of a fill window, or 0 where it lies outside the input row (padding)."""
+def padding_mask(byte, lo, hi, row_ok, out, i: int):
+    """Byte i of a fill window, or 0 where it lies outside the input row (padding): outside [lo, hi)."""
 
     @always_comb
     def keep():
-        x = int(x0) + i
-        if row_ok and x >= 0 and x < iw:
+        if row_ok and i >= lo and i < hi:
             out.next = byte
         else:
             out.next = 0
@@ -784,9 +802,10 @@ def padding_mask(byte, x0, row_ok, iw, out, i: int):
 
 
 @block
-def column_weight(word, u, w, k: int, cols: int):
-    """Column k's weight for unit (line slot) u: byte u*cols + k of the weight word, signed."""
+def column_weight(word, u, w1, w3, k: int, cols: int):
+    """Column k's weight for unit (line slot) u: byte u*cols + k of the weight word, signed; and 3 times it."""
     parts = ConcatSignal(*reversed([word(8 * (t * cols + k) + 8, 8 * (t * cols + k)) for t in range(BLOCK)]))
+    w = signed(WEIGHT_BITS)
 
     @always_comb
     def select():
@@ -795,7 +814,12 @@ def column_weight(word, u, w, k: int, cols: int):
             v = v - 256
         w.next = v
 
-    return select
+    @always_comb
+    def multiples():
+        w1.next = w
+        w3.next = w + w * 2
+
+    return select, multiples
 
 
 @block
@@ -840,26 +864,26 @@ def steps_of_lane(value, signed, zero_skip, lanes, nch, steps, j: int, t: int):
 
 @block
 def cost_of_unit(steps, cost):
-    """A unit costs its slowest lane."""
-    every = ConcatSignal(*reversed(steps))
-    lanes = len(steps)
+    """A unit costs its slowest lane: steps are 0, 1 or 2, so the maximum is two OR reductions."""
+    low_bits = ConcatSignal(*reversed([n(0) for n in steps]))
+    high_bits = ConcatSignal(*reversed([n(1) for n in steps]))
 
     @always_comb
     def slowest():
-        m = 0
-        for j in range(lanes):
-            v = int((every >> (2 * j)) & 3)
-            if v > m:
-                m = v
-        cost.next = m
+        if high_bits != 0:
+            cost.next = 2
+        elif low_bits != 0:
+            cost.next = 1
+        else:
+            cost.next = 0
 
     return slowest
 
 
 @block
-def part_of_lane(values, steps, u, s, signed, zero_skip, active, part, hi_out, en, n_out):
+def part_of_lane(values, steps, u, s, signed_in, zero_skip, active, mag, neg, hi_out, en, n_out):
     """The term part lane j multiplies this cycle: step s of unit u (high part first; with zero-part
-    skipping the first non-zero part first)."""
+    skipping the first non-zero part first), as a magnitude and sign; magnitude 0 when the lane idles."""
     vals = ConcatSignal(*reversed(values))
     stps = ConcatSignal(*reversed(steps))
 
@@ -868,18 +892,26 @@ def part_of_lane(values, steps, u, s, signed, zero_skip, active, part, hi_out, e
         v = int((vals >> (8 * int(u))) & 0xFF)
         n = int((stps >> (2 * int(u))) & 3)
         h = v >> 4
-        if signed and v >= 128:
+        if signed_in and v >= 128:
             h = (v - 256) >> 4
         lo = v & 15
         take_hi = s == 0
         if zero_skip and h == 0:
             take_hi = False
+        part = lo
         if take_hi:
-            part.next = h
+            part = h
+        on = active and s < n
+        if not on:
+            part = 0
+        if part < 0:
+            mag.next = -part
+            neg.next = True
         else:
-            part.next = lo
+            mag.next = part
+            neg.next = False
         hi_out.next = take_hi
-        en.next = active and s < n
+        en.next = on
         n_out.next = n
 
     return choose

@@ -20,8 +20,8 @@ from dynq.contract.array import BLOCK, LINE_WINDOWS
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
-from dynq.hdl.conv import conv_engine
-from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, eltwise_lane, signed_acc
+from dynq.hdl.conv import PE_ACC_BITS, conv_engine
+from dynq.hdl.lanes import ACC_BITS, MULT_BITS, SHIFT_SAT, requant_lane, signed, signed_acc
 from dynq.hdl.memories import ram, ram_bytes, ram_dual_bytes, window_ram
 
 RTL_OPS = (Op.NOP, Op.END, Op.MOVE, Op.ADD, Op.CONV)
@@ -460,7 +460,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
 
     # ---- the convolution engine's ports (the engine and its checks are at the end) ----------------------------
     c_ar_addr, c_aw_addr = Signal(intbv(0)[abw:]), Signal(intbv(0)[abw:])
-    c_aw_data, c_aw_mask = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[rows:])
+    c_aw_mask = Signal(intbv(0)[rows:])
+    c_sums = [signed(PE_ACC_BITS) for _ in range(rows)]
+    c_bias, c_mult, c_rnd, c_shift = signed(PE_ACC_BITS), signed(MULT_BITS), signed_acc(), Signal(intbv(0)[6:])
+    c_drain = {"acc": c_sums, "bias": c_bias, "mult": c_mult, "rnd": c_rnd, "shift": c_shift}
     c_aw_en, c_last, c_start = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     c_wa_addr, c_wb_addr = Signal(intbv(0)[wmw:]), Signal(intbv(0)[wmw:])
     conv_err = Signal(intbv(0)[8:])
@@ -511,12 +514,30 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     issue_mask = Signal(intbv(0)[rows:])
     lane_y = [Signal(intbv(0)[8:]) for _ in range(rows)]
     lane_x_signed = Signal(bool(0))
-    lane_capture, lane_compute = Signal(bool(0)), Signal(bool(0))
+    lane_capture = Signal(bool(0))
+    # the requantizer lanes, shared by the element-wise unit and the convolution drain
+    lane_conv = Signal(bool(0))
+    lane_m0 = signed(MULT_BITS)
+    lane_rnd = signed_acc()
+    lane_shift = Signal(intbv(0)[6:])
 
     for j in range(rows):
-        insts.append(eltwise_lane(clk, am_rd(8 * j + 8, 8 * j), lane_x_signed, lane_capture, lane_compute, is_add,
-                                  mult0, mult1, rnd, shift, clip_lo, clip_hi, lane_y[j]))
+        insts.append(requant_lane(clk, lane_conv, c_sums[j], c_bias, am_rd(8 * j + 8, 8 * j),
+                                  lane_x_signed, lane_capture, is_add, lane_m0, mult1, lane_rnd, lane_shift,
+                                  clip_lo, clip_hi, lane_y[j]))
     y_all = ConcatSignal(*reversed(lane_y))
+
+    @always_comb
+    def lane_operands():
+        lane_conv.next = state == s_t.CONV
+        if state == s_t.CONV:
+            lane_m0.next = c_mult
+            lane_rnd.next = c_rnd
+            lane_shift.next = c_shift
+        else:
+            lane_m0.next = mult0
+            lane_rnd.next = rnd
+            lane_shift.next = shift
 
     @always_comb
     def fetch_shift():
@@ -537,7 +558,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         else:
             e_am_ra.next = rd_ptr_a[abw:]
         lane_capture.next = t_valid[0] and not t_comp[0]
-        lane_compute.next = t_valid[0] and t_comp[0]
         if is_add and t_comp[0]:
             lane_x_signed.next = s1_signed
         else:
@@ -706,20 +726,19 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             am_mask.next = x_am_mask
             am_we.next = x_am_we
             im_ra.next = x_im_ra
-        elif state == s_t.CONV:
-            am_ra.next = c_ar_addr
-            am_wa.next = c_aw_addr
-            am_wd.next = c_aw_data
-            am_mask.next = c_aw_mask
-            am_we.next = c_aw_en
-            im_ra.next = e_im_ra
         else:
-            am_ra.next = e_am_ra
-            am_wa.next = e_am_wa
             am_wd.next = y_all
-            am_mask.next = e_am_mask
-            am_we.next = e_am_we
             im_ra.next = e_im_ra
+            if state == s_t.CONV:
+                am_ra.next = c_ar_addr
+                am_wa.next = c_aw_addr
+                am_mask.next = c_aw_mask
+                am_we.next = c_aw_en
+            else:
+                am_ra.next = e_am_ra
+                am_wa.next = e_am_wa
+                am_mask.next = e_am_mask
+                am_we.next = e_am_we
         if xfer_busy:
             wm_addr_a.next = x_wm_addr
         else:
@@ -728,7 +747,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         any_error.next = error or x_err
         irq.next = done or error or x_err
 
-    insts += [fetch_shift, exec_comb, pipeline_tags, sequencer, arena_ports]
+    insts += [fetch_shift, exec_comb, pipeline_tags, sequencer, arena_ports, lane_operands]
 
     # ---- convolution engine -------------------------------------------------------------------------------
     mode_core = word()
@@ -738,9 +757,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     layer_lsb = FIELD["layer"].lsb
     assert FIELD["layer"].word == 0
     insts.append(ram(clk, prec_we(mode_index), prec_wa, wr_data, layer_q, mode_core, rg.MAX_LAYERS))
-    engine_fields = {**fields, "zero_skip": f_zero_skip}
+    cin_g, cout_g = Signal(intbv(0)[FIELD["cin"].width:]), Signal(intbv(0)[FIELD["cout"].width:])
+    engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
-                             c_aw_en, c_aw_addr, c_aw_data, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b,
+                             c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
                              c_last, c_compute, c_stall, c_steps))
     f_aux, f_cout, f_groups, f_oh, f_ow = fields["aux"], fields["cout"], fields["groups"], fields["oh"], fields["ow"]
     f_kh, f_kw, f_sw, f_dh, f_dw = fields["kh"], fields["kw"], fields["sw"], fields["dh"], fields["dw"]
@@ -753,6 +773,16 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             layer_q.next = im_rd0[layer_lsb + lw:layer_lsb]
 
     @always_comb
+    def group_sizes():
+        # one pair of field-wide dividers, for the checks and the engine
+        if f_groups == 0:
+            cin_g.next = 0
+            cout_g.next = 0
+        else:
+            cin_g.next = f_cin // f_groups
+            cout_g.next = f_cout // f_groups
+
+    @always_comb
     def conv_check():
         f_zero_skip.next = mode_core[skip_field.lsb]
         f_mode.next = mode_core[mode_field.lsb + mode_field.width:mode_field.lsb]
@@ -763,11 +793,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         lanes = int(f_ow)
         if lanes > rows:
             lanes = rows
-        cg = 0
-        og = 0
-        if g != 0:
-            cg = cin // g
-            og = cout // g
+        cg = int(cin_g)
+        og = int(cout_g)
         tiles = (og + cols - 1) // cols
         blocks = (cg + BLOCK - 1) // BLOCK
         count = g * tiles * int(f_kh) * blocks * int(f_kw) * wbytes
@@ -795,5 +822,5 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     def conv_go():
         c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
 
-    insts += [layer_of_instruction, conv_check, conv_go]
+    insts += [layer_of_instruction, group_sizes, conv_check, conv_go]
     return insts

@@ -1,12 +1,11 @@
-"""Per-lane arithmetic of the element-wise unit: the contract's requantization rule, one lane per byte.
-
-`requant(a*m0 + b*m1, 1, shift)`: products in stage 1, the rounding term in stage 2, the arithmetic
-shift and clamp in stage 3 (the contract's PIPE_CYCLES counts these three plus the arena read).
+"""The requantizer lanes, one per byte of an arena word, shared by the element-wise unit and the convolution
+drain: the contract's rule `clamp((x * mult + rnd) >> shift)` in three registered stages (products, rounding
+term, arithmetic shift and clamp); the contract's PIPE_CYCLES counts these three plus an operand read.
 """
 
 from __future__ import annotations
 
-from myhdl import Signal, always, block, intbv
+from myhdl import Signal, always, always_comb, block, intbv
 
 from dynq.contract import numerics as nx
 
@@ -14,41 +13,93 @@ ACC_BITS = 48
 """Wide enough for (a*m0 + b*m1) plus the rounding term of any shift the core applies (<= ACC_BITS - 1)."""
 SHIFT_SAT = ACC_BITS - 1
 """Shifts beyond this give the same result as this one for every |a*m0 + b*m1| < 2**(ACC_BITS - 2)."""
+OPERAND_BITS = nx.ACC_BITS + 2
+"""A convolution's sum plus its bias (both within the contract's ACC_BITS; their sum one bit wider), signed."""
+MULT_BITS = 17
+"""Multipliers as the lanes see them: the 16-bit instruction field read signed (element-wise unit), or the
+per-channel 16-bit record field read unsigned (convolution)."""
 
 
-def signed_acc(bits: int = ACC_BITS) -> Signal:
+def signed(bits: int) -> Signal:
     return Signal(intbv(0, min=-(1 << (bits - 1)), max=1 << (bits - 1)))
 
 
+def signed_acc(bits: int = ACC_BITS) -> Signal:
+    return signed(bits)
+
+
 @block
-def eltwise_lane(clk, data, x_signed, capture_a, compute, add, mult0, mult1, rnd, shift, clip_lo, clip_hi, y):
-    """`data` is the lane's byte of the arena read that arrived this cycle. `capture_a` keeps it as the
-    first operand of an ADD; `compute` starts a result from it (MOVE: data*m0; ADD: held*m0 + data*m1).
-    `y` holds the clamped result byte three cycles later."""
+def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, rnd, shift, clip_lo, clip_hi, y):
+    """Stage 1 forms `x0 * m0 + x1 * m1` from this cycle's operands: a convolution (`conv`) gives its sum
+    `acc + bias` as x0; otherwise `data` (the lane's byte of the arena read, signed if `x_signed`) is x0,
+    or with `add` it is x1 beside the byte kept by an earlier `capture_a`. Stage 2 adds `rnd`, stage 3
+    shifts by `shift` and clamps to [clip_lo, clip_hi]: the caller presents `rnd` and `shift` in the
+    cycles those stages take them. `y` is the result's low byte."""
     lo, _ = nx.value_range(True)
     _, hi = nx.value_range(False)
+    x = Signal(intbv(0, min=lo, max=hi + 1))
     held = Signal(intbv(0, min=lo, max=hi + 1))
-    acc1 = signed_acc()
-    acc2 = signed_acc()
+    x0 = signed(OPERAND_BITS)
+    x1 = Signal(intbv(0, min=lo, max=hi + 1))
+    acc1, acc2, shifted = signed_acc(), signed_acc(), signed_acc()
+    clip_bits = len(clip_lo)
+    upper = signed(ACC_BITS - clip_bits)
+    narrow = signed(clip_bits + 1)  # `shifted` saturated to one bit more than the clamp bounds
+    narrow_lo, narrow_hi = narrow.min, narrow.max - 1
+    clamped = Signal(intbv(0)[8:])  # the low byte of the clamped value
+
+    @always_comb
+    def byte():
+        if x_signed:
+            x.next = data.signed()
+        else:
+            x.next = data
+
+    @always_comb
+    def operands():
+        if conv:
+            x0.next = acc + bias
+            x1.next = 0
+        elif add:
+            x0.next = held
+            x1.next = x
+        else:
+            x0.next = x
+            x1.next = 0
+
+    @always_comb
+    def shift_out():
+        shifted.next = acc2 >> shift
+
+    @always_comb
+    def upper_bits():
+        upper.next = shifted >> clip_bits
+
+    @always_comb
+    def saturate():
+        # a narrow compare instead of two full-width ones
+        if upper == 0 or upper == -1:
+            narrow.next = shifted[clip_bits + 1:].signed()
+        elif upper < 0:
+            narrow.next = narrow_lo
+        else:
+            narrow.next = narrow_hi
+
+    @always_comb
+    def clamp():
+        if narrow < clip_lo:
+            clamped.next = clip_lo[8:]
+        elif narrow > clip_hi:
+            clamped.next = clip_hi[8:]
+        else:
+            clamped.next = narrow[8:]
 
     @always(clk.posedge)
     def stages():
-        v = int(data)
-        if x_signed and v >= 128:
-            v = v - 256
         if capture_a:
-            held.next = v
-        if compute:
-            if add:
-                acc1.next = held * mult0 + v * mult1
-            else:
-                acc1.next = v * mult0
+            held.next = x
+        acc1.next = x0 * m0 + x1 * m1
         acc2.next = acc1 + rnd
-        r = int(acc2 >> shift)
-        if r < clip_lo:
-            r = int(clip_lo)
-        elif r > clip_hi:
-            r = int(clip_hi)
-        y.next = r & 0xFF
+        y.next = clamped
 
-    return stages
+    return byte, operands, shift_out, upper_bits, saturate, clamp, stages

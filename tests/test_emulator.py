@@ -13,6 +13,7 @@ import pytest
 import dynq
 from dynq.boards import load as load_board
 from dynq.contract import MASK_GRID, MAX_LAYERS, Mode, Op, PrecisionRegs, encode
+from dynq.contract.array import BLOCK
 from dynq.contract.registers import DeviceError
 from dynq.runtime.emulator import Emulator
 from tests import reference
@@ -110,7 +111,9 @@ def test_misaligned_weights_are_an_address_error(field: str, value: int) -> None
     fields = dict(cin=8, cout=4, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1, src0=0,
                   dst=128, src1=0, param=4096, clip_lo=0, clip_hi=255)
     fields[field] = value
-    build = case_build(load_board("pynq-z2"), "raw", encode(Op.CONV, **fields) + encode(Op.END), bytes(8192), 1024)
+    board = load_board("pynq-z2")
+    build = case_build(board, "raw", encode(Op.CONV, **fields) + encode(Op.END), bytes(8192), 1024)
     emu = Emulator(build)
-    with pytest.raises(DeviceError, match="ADDR_RANGE.*weight memory is read in 128-byte words"):
+    word = BLOCK * board.arch.cols
+    with pytest.raises(DeviceError, match=f"ADDR_RANGE.*weight memory is read in {word}-byte words"):
         emu.run_segment(emu.new_arena(1), 0, 2, [PrecisionRegs()] * MAX_LAYERS, None, {})

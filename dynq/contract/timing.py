@@ -12,8 +12,8 @@ steps (0 when every lane has nothing to do) and a tap at least one cycle (its we
 
 Line filling, compute and draining overlap: while the PEs compute item i, the other set of line registers
 fills for item i+1 (a window a cycle, complete FILL_LATENCY cycles after the last read), and while a pass
-computes, the previous pass drains (two accumulator banks, one drain unit) one output channel per cycle
-behind PIPE_CYCLES of requantizer. So
+computes, the previous pass drains (each PE keeps its finished sum for the one drain unit) one output
+channel per cycle behind PIPE_CYCLES of requantizer. So
 
     pass(p) = sum over its items of max(compute(i), fill(i+1))
     busy = SETUP + predictor + fill(0) + pass(0) + sum_{p>0} max(pass(p), drain(p-1)) + drain(last)
