@@ -487,6 +487,16 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     cyc = word()
     seg_end = Signal(intbv(0)[33:])
     n_elems = Signal(intbv(0)[48:])
+    # sizes of the instruction's tensors, wide enough that no field values wrap them (the range checks
+    # compare them with memory sizes as the emulator does, in unbounded integers)
+    size_bits = FIELD["cin"].width + FIELD["ih"].width + FIELD["iw"].width + 1
+    in_size = Signal(intbv(0)[size_bits:])
+
+    @always_comb
+    def input_size():
+        in_size.next = f_cin * f_ih * f_iw
+
+    insts.append(input_size)
     e_im_ra = Signal(modbv(0)[ipw:])
     e_am_ra, e_am_wa = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
     e_am_we = Signal(bool(0))
@@ -613,12 +623,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 state.next = s_t.IDLE
             if cyc >= 1 and cyc <= FETCH_PAIRS:
                 instr.next = fetched[64 * FETCH_PAIRS:64]
-            elems = 0
             if cyc == setup_last:
                 # the last pair arrives now: every field is read from `fetched`
-                elems = int(f_cin * f_ih * f_iw)
                 opc = int(f_opcode)
-                n_elems.next = elems
+                n_elems.next = in_size
                 layer.next = f_layer
                 is_add.next = opc == op_add
                 s0_signed.next = f_s0_signed
@@ -638,7 +646,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 rd_ptr_a.next = f_src0
                 rd_ptr_b.next = f_src1
                 wr_ptr.next = f_dst
-                left.next = elems
+                left.next = in_size
                 second.next = 0
                 if opc == op_end:
                     busy.next = 0
@@ -662,14 +670,14 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                     error_code.next = e_opcode
                     error_pc.next = pc
                     state.next = s_t.IDLE
-                elif (f_src0 + elems > amem_bytes or f_dst + elems > amem_bytes
-                      or (opc == op_add and f_src1 + elems > amem_bytes)):
+                elif (f_src0 + in_size > amem_bytes or f_dst + in_size > amem_bytes
+                      or (opc == op_add and f_src1 + in_size > amem_bytes)):
                     busy.next = 0
                     error.next = 1
                     error_code.next = e_range
                     error_pc.next = pc
                     state.next = s_t.IDLE
-                elif elems == 0:
+                elif in_size == 0:
                     state.next = s_t.DRAIN
                 else:
                     state.next = s_t.EXEC
@@ -772,6 +780,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         if state == s_t.FETCH and cyc == 1:
             layer_q.next = im_rd0[layer_lsb + lw:layer_lsb]
 
+    col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
+    blocks = Signal(intbv(0)[FIELD["cin"].width:])
+    weight_size = Signal(intbv(0)[64:])  # bytes: groups * col_tiles < 2**16, the other factors are fields
+    out_size = Signal(intbv(0)[size_bits:])
+
     @always_comb
     def group_sizes():
         # one pair of field-wide dividers, for the checks and the engine
@@ -781,6 +794,18 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         else:
             cin_g.next = f_cin // f_groups
             cout_g.next = f_cout // f_groups
+
+    cols_bits, block_bits = log2(cols), log2(BLOCK)
+
+    @always_comb
+    def weight_tiles():
+        col_tiles.next = (cout_g + cols - 1) >> cols_bits
+        blocks.next = (cin_g + BLOCK - 1) >> block_bits
+
+    @always_comb
+    def conv_sizes():
+        weight_size.next = f_groups * col_tiles * f_kh * blocks * f_kw * wbytes
+        out_size.next = f_cout * f_oh * f_ow
 
     @always_comb
     def conv_check():
@@ -795,10 +820,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             lanes = rows
         cg = int(cin_g)
         og = int(cout_g)
-        tiles = (og + cols - 1) // cols
-        blocks = (cg + BLOCK - 1) // BLOCK
-        count = g * tiles * int(f_kh) * blocks * int(f_kw) * wbytes
-        if f_src0 + cin * int(f_ih) * int(f_iw) > amem_bytes:
+        if f_src0 + in_size > amem_bytes:
             err = e_range
         elif g == 0 or cg * g != cin or og * g != cout:
             err = e_opcode
@@ -810,11 +832,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_opcode  # passes side by side are not in this build
         elif f_dh != 1 or f_dw != 1 or int(f_sw) * (lanes - 1) + int(f_kw) > line_bytes:
             err = e_overflow
-        elif (f_src1 & (wbytes - 1)) != 0 or f_src1 + count > wmem_bytes:
+        elif (f_src1 & (wbytes - 1)) != 0 or f_src1 + weight_size > wmem_bytes:
             err = e_range
         elif (f_param & (PARAM_BYTES - 1)) != 0 or f_param + cout * PARAM_BYTES > wmem_bytes:
             err = e_range
-        elif f_dst + cout * int(f_oh) * int(f_ow) > amem_bytes:
+        elif f_dst + out_size > amem_bytes:
             err = e_range
         conv_err.next = err
 
@@ -822,5 +844,5 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     def conv_go():
         c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
 
-    insts += [layer_of_instruction, group_sizes, conv_check, conv_go]
+    insts += [layer_of_instruction, group_sizes, weight_tiles, conv_sizes, conv_check, conv_go]
     return insts

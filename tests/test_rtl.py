@@ -79,7 +79,8 @@ def _raw_case(program: bytes, arena_bytes: int = ARENA_BYTES) -> Case:
     (encode(Op.NOP) + encode(Op.ADD, src0=0, src1=1 << 30, dst=64, cin=2, ih=3, iw=4) + encode(Op.END),
      ErrorCode.ADDR_RANGE, 1),
     (encode(Op.NOP) + encode(Op.NOP), ErrorCode.ADDR_RANGE, 2),
-], ids=["source-past-arena", "operand-far-out", "no-end"])
+    (encode(Op.MOVE, src0=0, dst=0, cin=4096, ih=1024, iw=1024, mult0=1) + encode(Op.END), ErrorCode.ADDR_RANGE, 0),
+], ids=["source-past-arena", "operand-far-out", "no-end", "size-past-32-bits"])
 def test_bad_programs_stop_like_the_emulator(sim: RtlSim, program: bytes, code: ErrorCode, pc: int) -> None:
     case = _raw_case(program, AMEM)  # the emulator's arena is as large as the core's: same range checks
     with pytest.raises(DeviceError) as emulated:
@@ -175,7 +176,9 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
     (dict(src1=4), ErrorCode.ADDR_RANGE),
     (dict(groups=3), ErrorCode.BAD_OPCODE),
     (dict(dst=AMEM - 100), ErrorCode.ADDR_RANGE),
-], ids=["dilated", "line-overflow", "weights-misaligned", "groups-do-not-divide", "output-past-arena"])
+    (dict(cin=32, ih=16384, iw=16384), ErrorCode.ADDR_RANGE),
+], ids=["dilated", "line-overflow", "weights-misaligned", "groups-do-not-divide", "output-past-arena",
+        "input-size-past-33-bits"])
 def test_bad_convolutions_stop_like_the_emulator(sim: RtlSim, change: dict, code: ErrorCode) -> None:
     fields = dict(cin=16, cout=20, ih=4, iw=40, oh=2, ow=38, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1,
                   src0=0, dst=1024, src1=0, param=8192, clip_lo=0, clip_hi=255)
