@@ -79,7 +79,8 @@ def isa_markdown() -> str:
         f"SDP's `g` one of {', '.join(map(str, array.SDP_G_VALUES))}; DRQ regions powers of two up to "
         f"{array.REGION_MAX} in each dimension; SDP only on layers with more than one output pixel. The emulator "
         "and the core stop with BUFFER_OVERFLOW (window) or BAD_PRECISION (registers) otherwise; the compiler "
-        "leaves such layers to the host.",
+        "leaves such layers to the host. A CONV's or POOL's `oh x ow` must be its window's output over the input "
+        "(floor mode; window, stride and dilation at least 1): otherwise BUFFER_OVERFLOW too (`isa.geometry_error`).",
         "## Weight image layout",
         (layout.__doc__ or "").strip(),
         "## Registers (AXI4-Lite)",

@@ -802,6 +802,36 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         col_tiles.next = (cout_g + cols - 1) >> cols_bits
         blocks.next = (cin_g + BLOCK - 1) >> block_bits
 
+    # the output size must be the window's over the input (contract isa.geometry_error; dilation is 1 here):
+    # (oh - 1) * sh <= ih + pt + pb - kh < oh * sh, likewise across
+    span_bits = FIELD["ih"].width + FIELD["pt"].width + 2
+    span_h, span_w = signed(span_bits), signed(span_bits)
+    step_bits = FIELD["oh"].width + FIELD["sh"].width
+    first_h, last_h = Signal(intbv(0)[step_bits:]), Signal(intbv(0)[step_bits:])
+    first_w, last_w = Signal(intbv(0)[step_bits:]), Signal(intbv(0)[step_bits:])
+    bad_geometry = Signal(bool(0))
+    f_sh = fields["sh"]
+
+    @always_comb
+    def window_spans():
+        span_h.next = f_ih + f_pt + f_pb - f_kh
+        span_w.next = f_iw + f_pl + f_pr - f_kw
+        first_h.next = (f_oh - 1) * f_sh
+        last_h.next = f_oh * f_sh
+        first_w.next = (f_ow - 1) * f_sw
+        last_w.next = f_ow * f_sw
+
+    @always_comb
+    def window_geometry():
+        bad = f_sh == 0 or f_sw == 0 or f_kh == 0 or f_kw == 0 or f_oh == 0 or f_ow == 0
+        if span_h < 0 or span_w < 0:
+            bad = True
+        elif span_h[span_bits - 1:] < first_h or span_h[span_bits - 1:] >= last_h:
+            bad = True
+        elif span_w[span_bits - 1:] < first_w or span_w[span_bits - 1:] >= last_w:
+            bad = True
+        bad_geometry.next = bad
+
     @always_comb
     def conv_sizes():
         weight_size.next = f_groups * col_tiles * f_kh * blocks * f_kw * wbytes
@@ -832,6 +862,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_opcode  # passes side by side are not in this build
         elif f_dh != 1 or f_dw != 1 or int(f_sw) * (lanes - 1) + int(f_kw) > line_bytes:
             err = e_overflow
+        elif bad_geometry:
+            err = e_overflow
         elif (f_src1 & (wbytes - 1)) != 0 or f_src1 + weight_size > wmem_bytes:
             err = e_range
         elif (f_param & (PARAM_BYTES - 1)) != 0 or f_param + cout * PARAM_BYTES > wmem_bytes:
@@ -844,5 +876,5 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     def conv_go():
         c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
 
-    insts += [layer_of_instruction, group_sizes, weight_tiles, conv_sizes, conv_check, conv_go]
+    insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, conv_check, conv_go]
     return insts

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from dynq.contract import ErrorCode, Instr, Op, PrecisionRegs, layout, timing
 from dynq.contract import numerics as nx
-from dynq.contract.precision import check_window, conv_cost
+from dynq.contract.precision import check_geometry, check_window, conv_cost
 from dynq.contract.registers import DeviceError
 from dynq.runtime import laconic
 from dynq.runtime.artifacts import Build
@@ -157,10 +157,7 @@ class Emulator:
             padding = (ins.pt, ins.pl)
         else:
             xq, padding = F.pad(xq, (ins.pl, ins.pr, ins.pt, ins.pb)), (0, 0)
-        acc = consts.conv(xq, padding).to(torch.float64)
-        if tuple(acc.shape[1:]) != (ins.cout, ins.oh, ins.ow):
-            raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, f"conv output {list(acc.shape[1:])} differs from "
-                                                             f"the instruction's {[ins.cout, ins.oh, ins.ow]}")
+        acc = consts.conv(xq, padding).to(torch.float64)  # its shape is the instruction's (check_geometry)
         # requant(acc + bias) = floor(acc * scale + (bias * scale + 0.5)): every step is exact in float64,
         # and in-place steps keep the channels-last layout the next convolution wants
         y = acc.mul_(consts.scale).add_(consts.offset).floor_().clamp_(ins.clip_lo, ins.clip_hi).float()
@@ -176,6 +173,7 @@ class Emulator:
     def _pool(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
               mask: torch.Tensor | None) -> dict[str, int]:
         check_window(ins, self.rows, pc)
+        check_geometry(ins, pc)
         x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
         pad = (ins.pl, ins.pr, ins.pt, ins.pb)
         if ins.aux == 0:

@@ -22,7 +22,9 @@ from dynq.contract import (
 )
 from dynq.contract import numerics as nx
 from dynq.contract.array import BLOCK, line_reads, window_limits
-from dynq.contract.isa import DecodeError, EncodeError, decode
+from dynq.contract.isa import DecodeError, EncodeError, decode, geometry_error
+from dynq.contract.precision import conv_cost
+from dynq.contract.registers import DeviceError, ErrorCode
 from dynq.docgen import sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,3 +320,31 @@ def test_param_records() -> None:
     image = np.frombuffer(layout.param_bytes(np.array([-5, 7]), np.array([100, 200]), np.array([3, 9])), np.uint8)
     assert len(image) == 2 * layout.PARAM_BYTES
     assert [list(v) for v in layout.params(image)] == [[-5, 7], [100, 200], [3, 9]]
+
+
+@pytest.mark.parametrize("fields, error", [
+    (dict(ih=28, iw=28, oh=28, ow=28, kh=3, kw=3, sh=1, sw=1, pt=1, pb=1, pl=1, pr=1), None),
+    (dict(ih=28, iw=28, oh=14, ow=14, kh=3, kw=3, sh=2, sw=2, pt=1, pb=1, pl=1, pr=1), None),  # (28+2-3)//2+1
+    (dict(ih=28, iw=27, oh=14, ow=13, kh=3, kw=3, sh=2, sw=2, pt=0, pb=1, pl=0, pr=0), None),  # 26//2+1, 24//2+1
+    (dict(ih=7, iw=7, oh=1, ow=1, kh=7, kw=7, sh=1, sw=1), None),
+    (dict(ih=28, iw=28, oh=28, ow=28, kh=3, kw=3, sh=1, sw=1), "output 28x28 is not"),  # unpadded gives 26
+    (dict(ih=2, iw=8, oh=1, ow=6, kh=3, kw=3, sh=1, sw=1), "(0x6)"),  # taller than the input
+    (dict(ih=8, iw=8, oh=6, ow=6, kh=3, kw=3, sh=0, sw=1), "each must be at least 1"),
+    (dict(ih=8, iw=8, oh=0, ow=0, kh=9, kw=9, sh=1, sw=1), "(0x0)"),  # no output is not a valid output
+])
+def test_window_geometry_hand_examples(fields: dict, error: str | None) -> None:
+    for op in (Op.CONV, Op.POOL):
+        ins = decode(encode(op, cin=1, cout=1, dh=1, dw=1, **fields))
+        reason = geometry_error(ins)
+        assert (reason is None) if error is None else (error in reason), reason
+
+
+def test_malformed_geometry_is_refused_before_any_work() -> None:
+    """A CONV whose output size is not its window's stops with BUFFER_OVERFLOW before the cycle model would
+    size its passes (here 8190 column tiles x 1024 rows x 257 x tiles)."""
+    ins = decode(encode(Op.CONV, cin=16, cout=65520, ih=4, iw=40, oh=1024, ow=4097, kh=3, kw=3, sh=1, sw=1, dh=1,
+                        dw=1, groups=1))
+    with pytest.raises(DeviceError) as info:
+        conv_cost(torch.zeros(1, 16, 4, 40), PrecisionRegs(), ins, 16, 8, None, 5)
+    assert (info.value.code, info.value.pc) == (ErrorCode.BUFFER_OVERFLOW, 5)
+    assert "output 1024x4097 is not the 3x3 window's over the 4x40 input (2x38)" in str(info.value)

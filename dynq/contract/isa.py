@@ -135,6 +135,29 @@ class Instr:
             raise AttributeError(name) from None
 
 
+def window_output(size: int, kernel: int, stride: int, dilation: int, padding: int) -> int:
+    """Output length along one axis of a CONV's or POOL's window (floor mode, `padding` on both sides
+    together); 0 when the window does not fit."""
+    span = size + padding - dilation * (kernel - 1) - 1
+    return span // stride + 1 if span >= 0 else 0
+
+
+def geometry_error(ins: Instr) -> str | None:
+    """Why a CONV's or POOL's output size `oh x ow` is not what its input, window, stride, dilation (CONV)
+    and padding give, or None. The array computes the output the fields say, so a mismatch is a malformed
+    instruction (BUFFER_OVERFLOW)."""
+    dh, dw = (ins.dh, ins.dw) if ins.op == Op.CONV else (1, 1)
+    if min(ins.kh, ins.kw, ins.sh, ins.sw, dh, dw) < 1:
+        return (f"window {ins.kh}x{ins.kw}, stride {ins.sh}x{ins.sw} and dilation {dh}x{dw}: each must be at "
+                "least 1")
+    oh = window_output(ins.ih, ins.kh, ins.sh, dh, ins.pt + ins.pb)
+    ow = window_output(ins.iw, ins.kw, ins.sw, dw, ins.pl + ins.pr)
+    if (oh, ow) != (ins.oh, ins.ow) or min(oh, ow) < 1:
+        return (f"output {ins.oh}x{ins.ow} is not the {ins.kh}x{ins.kw} window's over the {ins.ih}x{ins.iw} "
+                f"input ({oh}x{ow})")
+    return None
+
+
 class EncodeError(ValueError):
     """A field value does not fit its width: the layer cannot be expressed in this ISA."""
 

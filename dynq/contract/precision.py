@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import window_limits
-from dynq.contract.isa import Instr
+from dynq.contract.isa import Instr, geometry_error
 from dynq.contract.registers import DeviceError, ErrorCode, Mode, PrecisionRegs
 
 
@@ -36,6 +36,7 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
                                                            "output pixel (a Gemm): run it in int8 or DRQ")
     else:
         check_window(ins, rows, pc)
+    check_geometry(ins, pc)
     xq, steps, stats = apply_precision(x, reg, bool(ins.s0_signed), ins.groups, mask, pc)
     if reg.mode == Mode.DRQ:
         predictor = timing.predictor_cycles(ins.cin, ins.ih, ins.iw, rows)
@@ -45,6 +46,12 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
         predictor = 0
     counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, rows, cols, predictor)
     return xq, {**counters, **stats}, geom
+
+
+def check_geometry(ins: Instr, pc: int) -> None:
+    reason = geometry_error(ins)
+    if reason:
+        raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, reason)
 
 
 def check_window(ins: Instr, rows: int, pc: int) -> None:
