@@ -249,7 +249,11 @@ def hdl_generate_cmd(board: str, out_dir: Path, vhdl: bool, no_lint: bool) -> No
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON instead of a table: one object per board (a list with --all or several --board).")
 @click.option("--markdown", type=click.Path(path_type=Path), help="Also write the table as markdown here.")
-def hdl_synth_cmd(board_names: tuple[str, ...], all_boards: bool, as_json: bool, markdown: Path | None) -> None:
+@click.option("--timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Stop a board's synthesis after this long, with an error naming the step Yosys was in "
+                   "[default: one hour].")
+def hdl_synth_cmd(board_names: tuple[str, ...], all_boards: bool, as_json: bool, markdown: Path | None,
+                  timeout: float | None) -> None:
     """Yosys `synth_xilinx` resource estimate of the core: LUT, FF, DSP and BRAM36 against each part's capacity.
 
     Synthesis takes a minute or more per board (progress on stderr); results are cached, so a rerun with
@@ -268,7 +272,7 @@ def hdl_synth_cmd(board_names: tuple[str, ...], all_boards: bool, as_json: bool,
         boards.load(name)  # unknown names fail before any synthesis
     if markdown is not None and not markdown.resolve().parent.is_dir():
         raise UsageError(f"{markdown}: the directory {markdown.resolve().parent} does not exist; create it first")
-    results = [synth.synthesize(name) for name in names]
+    results = [synth.synthesize(name, timeout=timeout or synth.DEFAULT_TIMEOUT) for name in names]
     if markdown is not None:
         selection = "--all" if all_boards else " ".join(f"--board {n}" for n in names)
         write_atomic(markdown, synth.markdown(results, f"dynq hdl synth {selection} --markdown {markdown}").encode())

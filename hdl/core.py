@@ -876,5 +876,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     def conv_go():
         c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
 
-    insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, conv_check, conv_go]
+    insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, conv_check,
+              conv_go]
     return insts

