@@ -256,8 +256,8 @@ def hdl_synth_cmd(board_names: tuple[str, ...], all_boards: bool, as_json: bool,
                   timeout: float | None) -> None:
     """Yosys `synth_xilinx` resource estimate of the core: LUT, FF, DSP and BRAM36 against each part's capacity.
 
-    Synthesis takes a minute or more per board (progress on stderr); results are cached, so a rerun with
-    unchanged sources is instant. Regenerate the docs table with
+    Synthesis takes minutes per board (here about 2 for pynq-z2, 9 for zcu104; progress on stderr); results
+    are cached, so a rerun with unchanged sources is instant. Regenerate the docs table with
     `dynq hdl synth --all --markdown docs/resources.md`.
     """
     from dynq import boards

@@ -212,7 +212,7 @@ def cache_key(verilog_text: str, family: str) -> str:
 
 
 DEFAULT_TIMEOUT = 3600.0
-"""Seconds a synthesis may take: one hour (the largest board, zcu104, takes about 15 minutes here)."""
+"""Seconds a synthesis may take: one hour (the largest board, zcu104, takes about 9 minutes here)."""
 PROGRESS_EVERY = 30.0
 """Seconds between progress lines on stderr while Yosys runs."""
 _STEP = re.compile(rb"^[0-9.]+ Executing (.+?)\.?$", re.MULTILINE)
