@@ -148,6 +148,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     line_bytes = LINE_WINDOWS * rows
     f_cin_g = f["cin_g"]
     f_cout_g = f["cout_g"]
+    f_col_tiles = f["col_tiles"]
+    f_blocks = f["blocks"]
     f_dst = f["dst"]
     f_groups = f["groups"]
     f_ih = f["ih"]
@@ -197,14 +199,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     ci_nch, ci_lanes = reg(5), reg(rb + 1)
     # ---- line registers ------------------------------------------------------------------------------
     line_a = [Signal(intbv(0)[8 * line_bytes:]) for _ in range(BLOCK)]
-    line_b = [Signal(intbv(0)[8 * line_bytes:]) for _ in range(BLOCK)]
     take_b, shift_a = Signal(bool(0)), Signal(bool(0))
     cap_en = Signal(bool(0))
-    cap_t, cap_r = reg(3), reg(2)
+    slot_bits, window_bits = log2(BLOCK), log2(LINE_WINDOWS)
+    cap_t, cap_r = reg(slot_bits), reg(window_bits)
     cap_data = Signal(intbv(0)[8 * rows:])
     # ---- fill unit -----------------------------------------------------------------------------------
     fl_busy = Signal(bool(0))
-    fl_t, fl_r, fl_nch, fl_reads = reg(4), reg(3), reg(5), reg(3)
+    fl_t, fl_r, fl_nch, fl_reads = reg(slot_bits + 1), reg(window_bits + 1), reg(5), reg(window_bits + 1)
     fl_row = reg(34)  # arena address of read 0 of the current slot (may be out of range: masked)
     fl_x0 = reg(18, True)  # input column of line byte 0
     fl_row_ok = Signal(bool(0))
@@ -279,8 +281,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     # ---- line register updates -----------------------------------------------------------------------
     for t in range(BLOCK):
-        insts.append(line_slot(clk, line_a[t], line_b[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t,
-                                rows))
+        insts.append(line_slot(clk, line_a[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t))
 
     # fill capture: the window's bytes [cap_lo, cap_hi) lie inside the input row, the others are padding
     read_x0 = reg(18, True)
@@ -293,8 +294,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     @always(clk.posedge)
     def fill_capture():
         cap_en.next = fl_busy
-        cap_t.next = fl_t[3:]
-        cap_r.next = fl_r[2:]
+        cap_t.next = fl_t[slot_bits:]
+        cap_r.next = fl_r[window_bits:]
         cap_row_ok.next = fl_row_ok
         lo = 0
         if read_x0 < 0:
@@ -502,15 +503,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         elif state == st_t.IDLE:
             if start:
                 cg = int(f_cin_g)
-                og = int(f_cout_g)
                 src0.next = f_src0
                 dst.next = f_dst
                 fi_word.next = f_src1 >> wbb
                 fi_tile.next = f_src1 >> wbb
-                tile_words.next = int(f_kh) * ((cg + BLOCK - 1) // BLOCK) * int(f_kw)
+                tile_words.next = int(f_kh) * int(f_blocks) * int(f_kw)
                 pbase.next = f_param
                 cin_g.next = cg
-                cout_g.next = og
+                cout_g.next = f_cout_g
                 groups.next = f_groups
                 ih.next = f_ih
                 iw.next = f_iw
@@ -526,8 +526,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 zero_skip.next = f_zero_skip
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
-                col_tiles.next = (og + cols - 1) // cols
-                blocks.next = (cg + BLOCK - 1) // BLOCK
+                col_tiles.next = f_col_tiles
+                blocks.next = f_blocks
                 xtiles.next = (int(f_ow) + rows - 1) >> rb
                 state.next = st_t.RUN
                 # phase 0 fills item 0 and computes nothing
@@ -918,28 +918,45 @@ def part_of_lane(values, steps, u, s, signed_in, zero_skip, active, mag, neg, hi
 
 
 @block
-def line_slot(clk, a, b, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int, rows: int):
-    """Line slot t: A takes B at a phase end (with a window landing in that cycle), shifts a byte per tap;
-    B receives the fill's windows."""
-    width = len(a)
+def line_slot(clk, a, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int):
+    """Line slot t: set B receives the fill's windows (LINE_WINDOWS of them); A takes B at a phase end (with a
+    window landing in that cycle) and shifts a byte per tap."""
+    width = len(cap_data)
+    windows = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
+    merged = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
+    insts = [line_window(clk, cap_en, cap_t, cap_r, cap_data, windows[r], merged[r], t, r)
+             for r in range(LINE_WINDOWS)]
+    whole = ConcatSignal(*reversed(merged))
 
     @always(clk.posedge)
     def update():
-        merged = intbv(0)[width:]
-        merged[:] = b
-        if cap_en and cap_t == t:
-            if cap_r == 0:
-                merged[8 * rows:0] = cap_data
-            elif cap_r == 1:
-                merged[16 * rows:8 * rows] = cap_data
-            elif cap_r == 2:
-                merged[24 * rows:16 * rows] = cap_data
-            else:
-                merged[32 * rows:24 * rows] = cap_data
-        b.next = merged
         if take_b:
-            a.next = merged
+            a.next = whole
         elif shift_a:
             a.next = a >> 8
 
-    return update
+    return insts, update
+
+
+@block
+def line_window(clk, cap_en, cap_t, cap_r, cap_data, window, merged, t: int, r: int):
+    """Window r of slot t in set B, and its value with a window landing in this cycle."""
+    hit = Signal(bool(0))
+
+    @always_comb
+    def landing():
+        hit.next = cap_en and cap_t == t and cap_r == r
+
+    @always_comb
+    def value():
+        if hit:
+            merged.next = cap_data
+        else:
+            merged.next = window
+
+    @always(clk.posedge)
+    def write():
+        if hit:
+            window.next = cap_data
+
+    return landing, value, write

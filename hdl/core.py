@@ -766,7 +766,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     assert FIELD["layer"].word == 0
     insts.append(ram(clk, prec_we(mode_index), prec_wa, wr_data, layer_q, mode_core, rg.MAX_LAYERS))
     cin_g, cout_g = Signal(intbv(0)[FIELD["cin"].width:]), Signal(intbv(0)[FIELD["cout"].width:])
-    engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g}
+    col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
+    blocks = Signal(intbv(0)[FIELD["cin"].width:])
+    engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g, "col_tiles": col_tiles,
+                     "blocks": blocks}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
                              c_last, c_compute, c_stall, c_steps))
@@ -780,14 +783,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         if state == s_t.FETCH and cyc == 1:
             layer_q.next = im_rd0[layer_lsb + lw:layer_lsb]
 
-    col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
-    blocks = Signal(intbv(0)[FIELD["cin"].width:])
     weight_size = Signal(intbv(0)[64:])  # bytes: groups * col_tiles < 2**16, the other factors are fields
     out_size = Signal(intbv(0)[size_bits:])
 
     @always_comb
     def group_sizes():
-        # one pair of field-wide dividers, for the checks and the engine
+        # one pair of field-wide dividers, for the checks and the engine (as are the tile counts below)
         if f_groups == 0:
             cin_g.next = 0
             cout_g.next = 0
