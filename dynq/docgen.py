@@ -75,7 +75,8 @@ def isa_markdown() -> str:
                                        ["PREDICTOR_GAP_CYCLES", timing.PREDICTOR_GAP_CYCLES],
                                        ["NOP_CYCLES", timing.NOP_CYCLES], ["BLOCK (channels)", array.BLOCK],
                                        ["LINE_WINDOWS (windows of `rows` bytes)", array.LINE_WINDOWS]]),
-        "Limits of the array: dilation 1 only; `stride * (min(ow, rows) - 1) + kw <= LINE_WINDOWS * rows`; "
+        f"Limits of the array: dilation 1 only; strides across up to {array.MAX_STRIDE} (any for `ow` 1); "
+        "`stride * (min(ow, rows) - 1) + kw <= LINE_WINDOWS * rows`; "
         f"SDP's `g` one of {', '.join(map(str, array.SDP_G_VALUES))}; DRQ regions powers of two up to "
         f"{array.REGION_MAX} in each dimension; SDP only on layers with more than one output pixel. The emulator "
         "and the core stop with BUFFER_OVERFLOW (window) or BAD_PRECISION (registers) otherwise; the compiler "

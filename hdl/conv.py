@@ -15,7 +15,7 @@ from myhdl import ConcatSignal, Signal, always, always_comb, block, enum, intbv,
 
 from dynq.contract import numerics as nx
 from dynq.contract import timing
-from dynq.contract.array import BLOCK, LINE_WINDOWS
+from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
 
@@ -824,18 +824,20 @@ def column_weight(word, u, w1, w3, k: int, cols: int):
 
 @block
 def lane_value(line, stride, value, j: int):
-    """Lane j's byte of a line: position stride * j (the line shifts one byte per tap)."""
+    """Lane j's byte of a line: position stride * j (the line shifts one byte per tap), stride 1..MAX_STRIDE."""
+    if j == 0:
+        first = line(8, 0)
+
+        @always_comb
+        def at_zero():
+            value.next = first
+
+        return at_zero
+    at = ConcatSignal(*reversed([line(8 * s * j + 8, 8 * s * j) for s in range(1, MAX_STRIDE + 1)]))
 
     @always_comb
     def pick():
-        if stride == 1:
-            value.next = line[8 * j + 8:8 * j]
-        elif stride == 2:
-            value.next = line[16 * j + 8:16 * j]
-        elif stride == 3:
-            value.next = line[24 * j + 8:24 * j]
-        else:
-            value.next = line[32 * j + 8:32 * j]
+        value.next = (at >> (8 * (int(stride) - 1))) & 0xFF
 
     return pick
 

@@ -16,7 +16,7 @@ from myhdl import ConcatSignal, ResetSignal, Signal, always, always_comb, block,
 from dynq.boards import Board
 from dynq.contract import CONTRACT_VERSION, ErrorCode, Instr, Memory, Mode, Op, PrecisionRegs, timing
 from dynq.contract import registers as rg
-from dynq.contract.array import BLOCK, LINE_WINDOWS
+from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
@@ -861,7 +861,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_opcode  # the reduction-split mapping is not in this build
         elif cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
             err = e_opcode  # passes side by side are not in this build
-        elif f_dh != 1 or f_dw != 1 or int(f_sw) * (lanes - 1) + int(f_kw) > line_bytes:
+        elif f_dh != 1 or f_dw != 1 or (f_sw > MAX_STRIDE and lanes > 1):
+            err = e_overflow
+        elif int(f_sw) * (lanes - 1) + int(f_kw) > line_bytes:
             err = e_overflow
         elif bad_geometry:
             err = e_overflow

@@ -254,6 +254,7 @@ def test_window_limits() -> None:
     assert "dilation" in window_limits(1, 3, (2, 2), 56, 16)
     assert "line holds 64" in window_limits(4, 5, (1, 1), 56, 16)
     assert window_limits(7, 7, (1, 1), 1, 16) is None  # a global pooling: one lane
+    assert "stride 5 across" in window_limits(5, 1, (1, 1), 2, 16)  # lane 1 would read byte 5
 
 
 def test_precision_rules_of_the_array() -> None:

@@ -180,9 +180,10 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
     (dict(oh=3), ErrorCode.BUFFER_OVERFLOW),
     (dict(ow=37), ErrorCode.BUFFER_OVERFLOW),
     (dict(sw=0), ErrorCode.BUFFER_OVERFLOW),
+    (dict(sw=5, iw=8, ow=2), ErrorCode.BUFFER_OVERFLOW),
     (dict(ih=2, pt=0, oh=1), ErrorCode.BUFFER_OVERFLOW),
 ], ids=["dilated", "line-overflow", "weights-misaligned", "groups-do-not-divide", "output-past-arena",
-        "input-size-past-33-bits", "rows-not-the-window's", "columns-not-the-window's", "stride-0",
+        "input-size-past-33-bits", "rows-not-the-window's", "columns-not-the-window's", "stride-0", "stride-5",
         "kernel-taller-than-input"])
 def test_bad_convolutions_stop_like_the_emulator(sim: RtlSim, change: dict, code: ErrorCode) -> None:
     fields = dict(cin=16, cout=20, ih=4, iw=40, oh=2, ow=38, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1,

@@ -11,6 +11,10 @@ BLOCK = 8
 one kernel tap, and the line registers hold BLOCK input channels. SDP groups must fit a block."""
 LINE_WINDOWS = 4
 """A line register holds LINE_WINDOWS * rows bytes of one input row: lane j reads byte stride*j + tap."""
+MAX_STRIDE = LINE_WINDOWS
+"""Lane j reads line byte stride*j: with strides up to LINE_WINDOWS every lane's byte lies in the line, so a
+lane chooses among MAX_STRIDE fixed positions. A single lane (an output one pixel wide) reads byte 0 at any
+stride."""
 MAX_DILATION = 1
 """The lines shift by one byte per kernel tap, so the array runs undilated kernels only."""
 REGION_MAX = 16
@@ -34,6 +38,9 @@ def window_limits(stride: int, kw: int, dilation: tuple[int, int], ow: int, rows
     if max(dilation) > MAX_DILATION:
         return f"dilation {dilation} is not supported (the array runs dilation 1 only)"
     lanes = min(ow, rows)
+    if stride > MAX_STRIDE and lanes > 1:
+        return (f"stride {stride} across is not supported on an output {ow} wide (the array runs strides up to "
+                f"{MAX_STRIDE}, or any stride for an output one pixel wide)")
     if line_reads(stride, kw, lanes, rows) > LINE_WINDOWS:
         return (f"stride {stride} with a kernel {kw} wide needs {stride * (lanes - 1) + kw} bytes of an input "
                 f"row per line; the line holds {LINE_WINDOWS * rows}")
