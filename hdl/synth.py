@@ -287,6 +287,7 @@ def _wait(argv: list[str], work: Path, board_name: str, start: float, quiet: boo
         proc = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         raise SynthError(f"cannot run Yosys for board {board_name}: {exc}") from exc
+    step = "starting"
     while True:
         elapsed = time.monotonic() - start
         try:
@@ -294,7 +295,7 @@ def _wait(argv: list[str], work: Path, board_name: str, start: float, quiet: boo
             return subprocess.CompletedProcess(argv, proc.returncode, out, err)
         except subprocess.TimeoutExpired:
             elapsed = time.monotonic() - start
-            step = _current_step(work / "yosys.log")
+            step = _current_step(work / "yosys.log") or step
             if elapsed >= timeout:
                 proc.kill()
                 proc.communicate()
@@ -304,15 +305,15 @@ def _wait(argv: list[str], work: Path, board_name: str, start: float, quiet: boo
                 print(f"dynq: {board_name}: {elapsed / 60:.1f} min, Yosys at: {step}", file=sys.stderr, flush=True)
 
 
-def _current_step(log: Path, tail: int = 1 << 16) -> str:
-    """The last `Executing ...` step in the end of Yosys's log."""
+def _current_step(log: Path, tail: int = 1 << 16) -> str | None:
+    """The last `Executing ...` step in the end of Yosys's log (None if that end names none)."""
     try:
         with log.open("rb") as f:
             f.seek(max(0, log.stat().st_size - tail))
             steps = _STEP.findall(f.read())
     except OSError:
         steps = []
-    return steps[-1].decode(errors="replace") if steps else "starting"
+    return steps[-1].decode(errors="replace") if steps else None
 
 
 def _cells(stat: dict[str, Any]) -> dict[str, int]:
