@@ -46,35 +46,47 @@ synthesis maps it once."""
 
 
 @block
-def pe(clk, reset, capture, mag, neg, hi, w1, w3, result):
+def pe(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, result):
     """One PE: `acc += (-1 if neg else 1) * w * mag * (16 if hi else 1)`; `reset` starts the next cycle's
     sum from 0; `capture` keeps this cycle's sum in `result` for the drain while the next pass accumulates.
 
-    The column supplies its weight w as `w1` and 3w as `w3`: the two 2-bit digits of `mag` each pick 0, w,
-    2w or 3w, and one add makes w * mag. No multiplier (hence no DSP), and a lane with nothing to do has
-    `mag` 0. About 80 LUTs on xc7 against ~400 for a multiplier-free shift-and-add on 32-bit integers."""
+    The weight w comes as w and 3w: from the column (`w1`, `w3`, shared by the column's PEs), or with `own`
+    from the PE's own registers (`own1`, `own3`: the reduction-split mapping, where every PE has its own
+    weight). The two 2-bit digits of `mag` each pick 0, w, 2w or 3w, and one add makes w * mag. No
+    multiplier (hence no DSP), and a lane with nothing to do has `mag` 0. About 80 LUTs on xc7 against
+    ~400 for a multiplier-free shift-and-add on 32-bit integers."""
     acc = acc_signal()
     total = acc_signal()
+    x1, x3 = signed(WEIGHT_BITS), signed(WEIGHT_BITS + 2)
     digit_lo, digit_hi = signed(WEIGHT_BITS + 3), signed(WEIGHT_BITS + 3)
     prod = signed(WEIGHT_BITS + 6)
     addend = signed(WEIGHT_BITS + 10)
 
     @always_comb
+    def weight():
+        if own:
+            x1.next = own1
+            x3.next = own3
+        else:
+            x1.next = w1
+            x3.next = w3
+
+    @always_comb
     def digits():
         if mag[2:0] == 1:
-            digit_lo.next = w1
+            digit_lo.next = x1
         elif mag[2:0] == 2:
-            digit_lo.next = w1 * 2
+            digit_lo.next = x1 * 2
         elif mag[2:0] == 3:
-            digit_lo.next = w3
+            digit_lo.next = x3
         else:
             digit_lo.next = 0
         if mag[4:2] == 1:
-            digit_hi.next = w1
+            digit_hi.next = x1
         elif mag[4:2] == 2:
-            digit_hi.next = w1 * 2
+            digit_hi.next = x1 * 2
         elif mag[4:2] == 3:
-            digit_hi.next = w3
+            digit_hi.next = x3
         else:
             digit_hi.next = 0
 
@@ -105,11 +117,11 @@ def pe(clk, reset, capture, mag, neg, hi, w1, w3, result):
         if capture:
             result.next = total
 
-    return digits, product, scale, accumulate, update
+    return weight, digits, product, scale, accumulate, update
 
 
 @block
-def pe_instance(clk, reset, capture, mag, neg, hi, w1, w3, result):
+def pe_instance(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, result):
     """An instance of the PE module (`pe`, converted once as PE_MODULE)."""
 
     @always(clk.posedge)
@@ -117,12 +129,12 @@ def pe_instance(clk, reset, capture, mag, neg, hi, w1, w3, result):
         result.next = result
 
     result.driven = "reg"
-    for s in (clk, reset, capture, mag, neg, hi, w1, w3):
+    for s in (clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own):
         s.read = True
     return stand_in
 
 
-_PE_PORTS = ("clk", "reset", "capture", "mag", "neg", "hi", "w1", "w3", "result")
+_PE_PORTS = ("clk", "reset", "capture", "mag", "neg", "hi", "w1", "w3", "own1", "own3", "own", "result")
 pe_instance.verilog_code = (PE_MODULE + " ${result}_pe (" + ", ".join(f".{n}(${n})" for n in _PE_PORTS) + ");")
 pe_instance.vhdl_code = ("${result}_pe: entity work." + PE_MODULE + " port map ("
                          + ", ".join(f"{n} => ${n}" for n in _PE_PORTS) + ");")
@@ -132,7 +144,8 @@ def pe_ports() -> dict[str, Signal]:
     """The PE module's ports, as `conv_engine` connects them."""
     return {"clk": Signal(bool(0)), "reset": Signal(bool(0)), "capture": Signal(bool(0)),
             "mag": Signal(intbv(0)[MAG_BITS:]), "neg": Signal(bool(0)), "hi": Signal(bool(0)),
-            "w1": signed(WEIGHT_BITS), "w3": signed(WEIGHT_BITS + 2), "result": acc_signal()}
+            "w1": signed(WEIGHT_BITS), "w3": signed(WEIGHT_BITS + 2), "own1": signed(WEIGHT_BITS),
+            "own3": signed(WEIGHT_BITS + 2), "own": Signal(bool(0)), "result": acc_signal()}
 
 
 @block
@@ -167,12 +180,18 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     f_src1 = f["src1"]
     f_sw = f["sw"]
     f_zero_skip = f["zero_skip"]
+    f_split = f["split"]
     wbytes = word_bytes(cols)
     records = wbytes // PARAM_BYTES
     rb, wbb = log2(rows), log2(wbytes)
     recb = log2(records)
     pipe = timing.PIPE_CYCLES
     shift_sat = SHIFT_SAT
+    words = rows // BLOCK  # weight words of a reduction-split chunk: its fill and compute cycles
+    assert words >= 2, "a split chunk lasts rows // BLOCK cycles and a lane may need two"
+    reduce = timing.reduce_cycles(rows)
+    assert reduce == log2(rows), "the split drain's adder tree halves the lanes per stage"
+    bb = log2(BLOCK)
     insts = []
 
     # ---- latched instruction and derived sizes ------------------------------------------------------
@@ -187,6 +206,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     ih, iw, oh, ow = reg(16), reg(16), reg(16), reg(16)
     kh, kw, sh, sw, pt, pl = reg(8), reg(8), reg(4), reg(4), reg(4), reg(4)
     s0_signed, zero_skip = Signal(bool(0)), Signal(bool(0))
+    split = Signal(bool(0))  # the reduction-split mapping: lane j takes input channel chunk * rows + j
+    item_words, m_shift = reg(8), reg(3)  # weight words per item; log2 of the channels per item (block or chunk)
     plane_in, plane_out = reg(33), reg(33)
     col_tiles, blocks, xtiles = reg(16), reg(16), reg(16)
 
@@ -211,6 +232,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     fl_x0 = reg(18, True)  # input column of line byte 0
     fl_row_ok = Signal(bool(0))
     cap_row_ok = Signal(bool(0))
+    # a split item's first reads (its channels' window and weight word 0), issued as the previous phase ends
+    sp_issue = Signal(bool(0))
+    sp_row, sp_word = reg(34), reg(34)
+    sp_lanes = reg(rb + 1)
     # ---- sequencer -----------------------------------------------------------------------------------
     st_t = enum("IDLE", "RUN", "TAIL")
     state = Signal(st_t.IDLE)
@@ -257,10 +282,27 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     col_w1 = [signed(WEIGHT_BITS) for _ in range(cols)]
     col_w3 = [signed(WEIGHT_BITS + 2) for _ in range(cols)]
     pe_out = [[acc_signal() for _ in range(cols)] for _ in range(rows)]
+    own_w1 = [[signed(WEIGHT_BITS) for _ in range(cols)] for _ in range(rows)]
+    own_w3 = [[signed(WEIGHT_BITS + 2) for _ in range(cols)] for _ in range(rows)]
     for j in range(rows):
         for k in range(cols):
             insts.append(pe_instance(clk, pe_reset, start_drain, lane_mag[j], lane_neg[j], lane_hi[j], col_w1[k],
-                                     col_w3[k], pe_out[j][k]))
+                                     col_w3[k], own_w1[j][k], own_w3[j][k], split, pe_out[j][k]))
+
+    # split weights: word q of a chunk holds lanes q*BLOCK.. (byte t*cols + k: lane q*BLOCK + t, column k);
+    # words land one a cycle, the last in the cycle its phase ends, so the others wait in shadow registers
+    qb = log2(words)
+    land_en, land_q = Signal(bool(0)), reg(qb)
+    take_own = Signal(bool(0))
+    word_w1 = [signed(WEIGHT_BITS) for _ in range(wbytes)]
+    word_w3 = [signed(WEIGHT_BITS + 2) for _ in range(wbytes)]
+    for b in range(wbytes):
+        insts.append(byte_multiples(wa_data(8 * b + 8, 8 * b), word_w1[b], word_w3[b]))
+    for j in range(rows):
+        q, t = divmod(j, BLOCK)
+        for k in range(cols):
+            insts.append(own_weight(clk, word_w1[t * cols + k], word_w3[t * cols + k], land_en, land_q, take_own,
+                                    own_w1[j][k], own_w3[j][k], q, q == words - 1))
     pe_cols = [ConcatSignal(*reversed([pe_out[j][k] for k in range(cols)])) for j in range(rows)]
 
     # column weights: byte (u * cols + k) of the word, for the sequencer's unit u, and three times it
@@ -293,22 +335,30 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     @always(clk.posedge)
     def fill_capture():
-        cap_en.next = fl_busy
-        cap_t.next = fl_t[slot_bits:]
-        cap_r.next = fl_r[window_bits:]
-        cap_row_ok.next = fl_row_ok
-        lo = 0
-        if read_x0 < 0:
-            lo = -read_x0
-        if lo > rows:
-            lo = rows
-        cap_lo.next = lo
-        hi = iw - read_x0
-        if hi < 0:
-            hi = 0
-        if hi > rows:
-            hi = rows
-        cap_hi.next = hi
+        if sp_issue:
+            cap_en.next = 1
+            cap_t.next = 0
+            cap_r.next = 0
+            cap_row_ok.next = 1
+            cap_lo.next = 0
+            cap_hi.next = sp_lanes
+        else:
+            cap_en.next = fl_busy and not split
+            cap_t.next = fl_t[slot_bits:]
+            cap_r.next = fl_r[window_bits:]
+            cap_row_ok.next = fl_row_ok
+            lo = 0
+            if read_x0 < 0:
+                lo = -read_x0
+            if lo > rows:
+                lo = rows
+            cap_lo.next = lo
+            hi = iw - read_x0
+            if hi < 0:
+                hi = 0
+            if hi > rows:
+                hi = rows
+            cap_hi.next = hi
 
     cap_bytes = [reg(8) for _ in range(rows)]
     for i in range(rows):
@@ -327,7 +377,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     @always_comb
     def fill_port():
-        ar_addr.next = fill_at
+        if sp_issue:
+            ar_addr.next = sp_row[abw:]
+        else:
+            ar_addr.next = fill_at
 
     insts += [read_column, fill_capture, capture_mask, fill_address, fill_port]
 
@@ -353,7 +406,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     @always_comb
     def unit_choice():
         # the unit processed this cycle: the current one, or at a tap's start the first with work
-        if tap_start:
+        if split:
+            eff_u.next = 0
+            any_unit.next = c_busy
+        elif tap_start:
             eff_u.next = first_u
             any_unit.next = first_found and c_busy
         else:
@@ -384,7 +440,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     def tap_logic():
         # the current tap ends this cycle: no unit with work, or the last step of the last unit with work
         finish = True
-        if any_unit:
+        if split:
+            finish = s_cur + 1 >= words
+        elif any_unit:
             if s_cur + 1 < ((costs >> (2 * int(eff_u))) & 3) or more_units:
                 finish = False
         tap_end.next = c_busy and finish
@@ -393,7 +451,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     @always_comb
     def weight_next():
-        if phase_end:
+        if sp_issue:
+            w_next.next = sp_word
+        elif split:
+            if fl_busy:
+                w_next.next = w_tap + 1
+            else:
+                w_next.next = w_tap
+        elif phase_end:
             w_next.next = fi_word
         elif tap_end:
             w_next.next = w_tap + 1
@@ -415,6 +480,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         phase_end.next = ok
         start_drain.next = ok and ci_valid and ci_last
         take_b.next = ok
+        take_own.next = ok and split
         shift_a.next = c_busy and tap_end and tap_b + 1 < kw
         pe_reset.next = ok and fi_valid and fi_a == 0 and fi_m == 0
 
@@ -438,7 +504,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         a = int(fi_a)
         m = int(fi_m)
         valid = bool(fi_valid)
-        word = int(fi_word) + int(kw)
+        word = int(fi_word) + int(item_words)
         tile = int(fi_tile)
         m += 1
         if m >= blocks:
@@ -471,24 +537,58 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         nx_word.next = word
         nx_tile.next = tile
 
+    nx_lanes = reg(rb + 1)
+
     @always_comb
     def next_fill():
-        n = int(cin_g) - int(nx_m) * BLOCK
+        n = int(cin_g) - (int(nx_m) << bb)
         if n > BLOCK:
             n = BLOCK
-        nx_nch.next = n
         lanes = int(ow) - (int(nx_xt) << rb)
         if lanes > rows:
             lanes = rows
         nx_reads.next = (int(sw) * (lanes - 1) + int(kw) + rows - 1) >> rb
+        if split:
+            n = 1
+            lanes = int(cin_g) - (int(nx_m) << rb)
+            if lanes > rows:
+                lanes = rows
+            nx_reads.next = words
+        nx_nch.next = n
+        nx_lanes.next = lanes
         iy = int(nx_oy) * int(sh) + int(nx_a) - int(pt)
         x0 = (int(nx_xt) << rb) * int(sw) - int(pl)
         nx_x0.next = x0
         nx_row_ok.next = iy >= 0 and iy < ih
-        c0 = int(nx_gi) * int(cin_g) + int(nx_m) * BLOCK
+        c0 = int(nx_gi) * int(cin_g) + (int(nx_m) << int(m_shift))
         nx_row.next = int(src0) + c0 * int(plane_in) + iy * int(iw) + x0
 
-    insts += [next_item, next_fill]
+    @always_comb
+    def split_issue():
+        # at the start of a split layer: item 0 (from the fields); at a phase end: the next fill item
+        n = int(f_cin_g)
+        if n > rows:
+            n = rows
+        if state == st_t.IDLE:
+            sp_issue.next = start and f_split
+            sp_row.next = f_src0
+            sp_word.next = f_src1 >> wbb
+            sp_lanes.next = n
+        else:
+            sp_issue.next = split and phase_end and fi_valid and nx_valid
+            sp_row.next = nx_row
+            sp_word.next = nx_word
+            sp_lanes.next = nx_lanes
+
+    @always(clk.posedge)
+    def split_landing():
+        land_en.next = sp_issue or (split and fl_busy)
+        if sp_issue:
+            land_q.next = 0
+        else:
+            land_q.next = fl_r[qb:]
+
+    insts += [next_item, next_fill, split_issue, split_landing]
 
     # ---- main control --------------------------------------------------------------------------------
 
@@ -506,8 +606,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 src0.next = f_src0
                 dst.next = f_dst
                 fi_word.next = f_src1 >> wbb
+                w_tap.next = f_src1 >> wbb
                 fi_tile.next = f_src1 >> wbb
                 tile_words.next = int(f_kh) * int(f_blocks) * int(f_kw)
+                split.next = f_split
                 pbase.next = f_param
                 cin_g.next = cg
                 cout_g.next = f_cout_g
@@ -519,7 +621,16 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 kh.next = f_kh
                 kw.next = f_kw
                 sh.next = f_sh
-                sw.next = f_sw
+                if f_split:
+                    sw.next = 1  # one input pixel: lane j reads byte j
+                    blocks.next = (cg + rows - 1) >> rb
+                    item_words.next = words
+                    m_shift.next = rb
+                else:
+                    sw.next = f_sw
+                    blocks.next = f_blocks
+                    item_words.next = f_kw
+                    m_shift.next = bb
                 pt.next = f_pt
                 pl.next = f_pl
                 s0_signed.next = f_s0_signed
@@ -527,7 +638,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
                 col_tiles.next = f_col_tiles
-                blocks.next = f_blocks
                 xtiles.next = (int(f_ow) + rows - 1) >> rb
                 state.next = st_t.RUN
                 # phase 0 fills item 0 and computes nothing
@@ -548,9 +658,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     lanes0 = rows
                 fl_busy.next = 1
                 fl_t.next = 0
-                fl_r.next = 0
-                fl_nch.next = n0
-                fl_reads.next = (int(f_sw) * (lanes0 - 1) + int(f_kw) + rows - 1) >> rb
+                if f_split:  # read 0 is issued in this cycle (split_issue)
+                    fl_r.next = 1
+                    fl_nch.next = 1
+                    fl_reads.next = words
+                else:
+                    fl_r.next = 0
+                    fl_nch.next = n0
+                    fl_reads.next = (int(f_sw) * (lanes0 - 1) + int(f_kw) + rows - 1) >> rb
                 fl_x0.next = -int(f_pl)
                 fl_row_ok.next = int(f_pt) == 0
                 fl_row.next = int(f_src0) - int(f_pt) * int(f_iw) - int(f_pl)
@@ -567,7 +682,13 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     else:
                         fl_busy.next = 0
             # tap sequencer
-            if c_busy:
+            if c_busy and split:
+                if tap_end:
+                    c_busy.next = 0
+                    s_cur.next = 0
+                else:
+                    s_cur.next = s_cur + 1
+            elif c_busy:
                 if tap_end:
                     tap_start.next = 1
                     s_cur.next = 0
@@ -583,10 +704,13 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     s_cur.next = 0
                     u_cur.next = next_u
                     tap_start.next = 0
-            if tap_end:
+            if split:
+                w_tap.next = w_next
+            elif tap_end:
                 w_tap.next = w_tap + 1
             if phase_end:
-                w_tap.next = fi_word
+                if not split:
+                    w_tap.next = fi_word
                 # the fill item becomes the compute item
                 ci_valid.next = fi_valid
                 ci_last.next = fi_a + 1 == kh and fi_m + 1 == blocks
@@ -594,11 +718,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 ci_ct.next = fi_ct
                 ci_oy.next = fi_oy
                 ci_xt.next = fi_xt
-                n = int(cin_g) - int(fi_m) * BLOCK
+                n = int(cin_g) - (int(fi_m) << bb)
                 if n > BLOCK:
                     n = BLOCK
-                ci_nch.next = n
                 lanes = int(ow) - (int(fi_xt) << rb)
+                if split:
+                    n = 1
+                    lanes = int(cin_g) - (int(fi_m) << rb)
+                ci_nch.next = n
                 if lanes > rows:
                     lanes = rows
                 ci_lanes.next = lanes
@@ -619,7 +746,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 if fi_valid and nx_valid:
                     fl_busy.next = 1
                     fl_t.next = 0
-                    fl_r.next = 0
+                    if split:  # read 0 is issued in this cycle (split_issue)
+                        fl_r.next = 1
+                    else:
+                        fl_r.next = 0
                     fl_nch.next = nx_nch
                     fl_reads.next = nx_reads
                     fl_x0.next = nx_x0
@@ -636,9 +766,47 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     # ---- drain ---------------------------------------------------------------------------------------
     param_at = Signal(modbv(0)[wmw:])
 
+    # the split drain adds a column's lanes in a tree of `reduce` stages: its entries wait as long
+    di_valid = [Signal(bool(0)) for _ in range(reduce)]
+    di_last = [Signal(bool(0)) for _ in range(reduce)]
+    di_addr = [reg(abw) for _ in range(reduce)]
+    di_k = [reg(16) for _ in range(reduce)]
+    issue_now, issue_last = Signal(bool(0)), Signal(bool(0))
+    eff_valid, eff_last = Signal(bool(0)), Signal(bool(0))
+    eff_addr, eff_k = reg(abw), reg(16)
+
+    @always_comb
+    def drain_issue():
+        issue_now.next = dr_busy and dr_k < dr_ncols
+        issue_last.next = dr_busy and dr_k + 1 == dr_ncols
+        if split:
+            eff_valid.next = di_valid[reduce - 1]
+            eff_last.next = di_last[reduce - 1]
+            eff_addr.next = di_addr[reduce - 1]
+            eff_k.next = di_k[reduce - 1]
+        else:
+            eff_valid.next = issue_now
+            eff_last.next = issue_last
+            eff_addr.next = dr_addr[abw:]
+            eff_k.next = dr_k
+
+    @always(clk.posedge)
+    def drain_delay():
+        di_valid[0].next = issue_now
+        di_last[0].next = issue_last
+        di_addr[0].next = dr_addr[abw:]
+        di_k[0].next = dr_k
+        for i in range(1, reduce):
+            di_valid[i].next = di_valid[i - 1]
+            di_last[i].next = di_last[i - 1]
+            di_addr[i].next = di_addr[i - 1]
+            di_k[i].next = di_k[i - 1]
+
+    insts += [drain_issue, drain_delay]
+
     @always_comb
     def drain_comb():
-        param_at.next = (pbase + (dr_co + dr_k) * PARAM_BYTES) >> wbb
+        param_at.next = (pbase + (dr_co + eff_k) * PARAM_BYTES) >> wbb
         last_now.next = state == st_t.TAIL and dr_t_valid[pipe - 1] and dr_t_last[pipe - 1]
         last.next = state == st_t.TAIL and dr_t_valid[pipe - 1] and dr_t_last[pipe - 1]
         rec = intbv(0)[8 * wbytes:]
@@ -669,11 +837,11 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 dr_t_valid[i].next = 0
         else:
             issue = dr_busy and dr_k < dr_ncols
-            dr_t_valid[0].next = issue
-            dr_t_last[0].next = issue and dr_k + 1 == dr_ncols
-            dr_t_addr[0].next = dr_addr[abw:]
+            dr_t_valid[0].next = eff_valid
+            dr_t_last[0].next = eff_valid and eff_last
+            dr_t_addr[0].next = eff_addr
             dr_t_mask[0].next = dr_mask
-            dr_rec.next = ((pbase >> 4) + dr_co + dr_k) & (records - 1)
+            dr_rec.next = ((pbase >> 4) + dr_co + eff_k) & (records - 1)
             for i in range(1, pipe):
                 dr_t_valid[i].next = dr_t_valid[i - 1]
                 dr_t_last[i].next = dr_t_last[i - 1]
@@ -694,14 +862,31 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 co = int(ci_gi) * int(cout_g) + int(ci_ct) * cols
                 dr_co.next = co
                 dr_addr.next = int(dst) + co * int(plane_out) + int(ci_oy) * int(ow) + (int(ci_xt) << rb)
-                dr_mask.next = (1 << int(ci_lanes)) - 1
+                if split:
+                    dr_mask.next = 1  # one output pixel per channel: the adder tree's sum, in lane 0
+                else:
+                    dr_mask.next = (1 << int(ci_lanes)) - 1
 
     insts += [drain_comb, param_port, drain_seq]
 
+    picks = [acc_signal() for _ in range(rows)]
     for j in range(rows):
         flat = Signal(intbv(0)[PE_ACC_BITS * cols:])  # a plain signal: a template cannot read a ConcatSignal
         insts.append(wire(pe_cols[j], flat))
-        insts.append(column_pick(clk, flat, dr_k, acc_sel[j], cols))
+        insts.append(column_pick(clk, flat, dr_k, picks[j], cols))
+    tree_sum = acc_signal()
+    insts.append(adder_tree(clk, picks, tree_sum))
+    for j in range(1, rows):
+        insts.append(wire(picks[j], acc_sel[j]))
+
+    @always_comb
+    def lane0_sum():
+        if split:
+            acc_sel[0].next = tree_sum
+        else:
+            acc_sel[0].next = picks[0]
+
+    insts.append(lane0_sum)
 
     @always(clk.posedge)
     def stage_terms():
@@ -962,3 +1147,69 @@ def line_window(clk, cap_en, cap_t, cap_r, cap_data, window, merged, t: int, r: 
             window.next = cap_data
 
     return landing, value, write
+
+
+@block
+def byte_multiples(byte, w1, w3):
+    """A weight byte as a signed value and three times it (one adder per byte of the word, shared by the
+    PEs that load it)."""
+
+    @always_comb
+    def multiples():
+        v = int(byte)
+        if v >= 128:
+            v = v - 256
+        w1.next = v
+        w3.next = v * 3
+
+    return multiples
+
+
+@block
+def own_weight(clk, w1, w3, land_en, land_q, take, own1, own3, q: int, last: bool):
+    """A PE's own weight (w and 3w) for the reduction split, from word q of its chunk. The last word lands
+    in the cycle the phase ends and goes straight in; earlier words wait in a shadow register until then."""
+    if last:
+
+        @always(clk.posedge)
+        def direct():
+            if take:
+                own1.next = w1
+                own3.next = w3
+
+        return direct
+    shadow1, shadow3 = signed(WEIGHT_BITS), signed(WEIGHT_BITS + 2)
+
+    @always(clk.posedge)
+    def shadowed():
+        if land_en and land_q == q:
+            shadow1.next = w1
+            shadow3.next = w3
+        if take:
+            own1.next = shadow1
+            own3.next = shadow3
+
+    return shadowed
+
+
+@block
+def adder_tree(clk, values, total):
+    """The sum of `values` (a power of two of them) through log2(len) registered stages of pairwise adds.
+    The compiler's accumulator bound covers every partial sum, so no stage overflows."""
+    insts = []
+    level = list(values)
+    while len(level) > 1:
+        sums = [acc_signal() for _ in range(len(level) // 2)]
+        insts += [pair_sum(clk, level[2 * i], level[2 * i + 1], sums[i]) for i in range(len(sums))]
+        level = sums
+    insts.append(wire(level[0], total))
+    return insts
+
+
+@block
+def pair_sum(clk, a, b, out):
+    @always(clk.posedge)
+    def add():
+        out.next = a + b
+
+    return add

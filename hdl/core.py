@@ -40,8 +40,8 @@ def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
         return "CONV with fused max pooling"
     if reg.mode != Mode.INT8:
         return f"CONV in {reg.mode.name.lower()} mode"
-    if timing.reduction_split(geom):
-        return "single-pixel CONV (Gemm)"
+    if timing.reduction_split(geom) and ins.ih * ins.iw > 1:
+        return "single-pixel CONV over an input larger than 1x1"
     if timing.packing(geom, cols) > 1:
         return "CONV with passes side by side (grouped, depthwise or few output channels)"
     return None
@@ -737,7 +737,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         else:
             am_wd.next = y_all
             im_ra.next = e_im_ra
-            if state == s_t.CONV:
+            if state == s_t.CONV or c_start:  # a split CONV reads its first window as it starts
                 am_ra.next = c_ar_addr
                 am_wa.next = c_aw_addr
                 am_mask.next = c_aw_mask
@@ -768,8 +768,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     cin_g, cout_g = Signal(intbv(0)[FIELD["cin"].width:]), Signal(intbv(0)[FIELD["cout"].width:])
     col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
     blocks = Signal(intbv(0)[FIELD["cin"].width:])
+    f_split = Signal(bool(0))
     engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g, "col_tiles": col_tiles,
-                     "blocks": blocks}
+                     "blocks": blocks, "split": f_split}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
                              c_last, c_compute, c_stall, c_steps))
@@ -839,6 +840,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         out_size.next = f_cout * f_oh * f_ow
 
     @always_comb
+    def split_mapping():
+        # contract timing.reduction_split: one output pixel of a 1x1 kernel, no padding
+        f_split.next = f_oh == 1 and f_ow == 1 and f_kh == 1 and f_kw == 1 and f_pt + f_pl + f_pb + f_pr == 0
+
+    @always_comb
     def conv_check():
         f_zero_skip.next = mode_core[skip_field.lsb]
         f_mode.next = mode_core[mode_field.lsb + mode_field.width:mode_field.lsb]
@@ -857,9 +863,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_opcode
         elif f_aux != 0 or f_mode != mode_int8:
             err = e_opcode  # fused pooling and the dynamic modes are not in this build
-        elif int(f_oh) * int(f_ow) == 1 and int(f_kh) * int(f_kw) == 1 and f_pt + f_pl + f_pb + f_pr == 0:
-            err = e_opcode  # the reduction-split mapping is not in this build
-        elif cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
+        elif f_split and in_size != cin:
+            err = e_opcode  # a split over an input larger than 1x1 is not in this build
+        elif not f_split and cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
             err = e_opcode  # passes side by side are not in this build
         elif f_dh != 1 or f_dw != 1 or (f_sw > MAX_STRIDE and lanes > 1):
             err = e_overflow
@@ -879,6 +885,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     def conv_go():
         c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
 
-    insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, conv_check,
-              conv_go]
+    insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, split_mapping,
+              conv_check, conv_go]
     return insts

@@ -90,6 +90,25 @@ def conv_case(board: Board, rng: random.Random, index: int) -> Case:
         if (oh >= 1 and ow >= 1 and timing.packing(g, arch.cols) == 1 and not timing.reduction_split(g)
                 and not window_limits(sw, kw, (1, 1), ow, arch.rows) and sum(sizes) < ARENA_BYTES):
             break
+    return _conv_case(board, rng, f"{index}-conv-g{groups}-{cin_g}x{ih}x{iw}-{cout_g}-k{kh}x{kw}-s{sh}{sw}", g, ih, iw)
+
+
+def gemm_case(board: Board, rng: random.Random, index: int) -> Case:
+    """A single-pixel CONV (Gemm, the reduction-split mapping): channel counts around the lane, block and
+    column sizes, sometimes grouped."""
+    arch = board.arch
+    groups = rng.choice([1, 1, 1, 2, 3])
+    cin_g, cout_g = rng.randint(1, 3 * arch.rows + 5), rng.randint(1, 2 * arch.cols + 3)
+    g = timing.ConvGeometry(cin_g, 1, groups, cout_g, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+    return _conv_case(board, rng, f"{index}-gemm-g{groups}-{cin_g}-{cout_g}", g, 1, 1)
+
+
+def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeometry, ih: int, iw: int) -> Case:
+    """The weights, records, arena and registers of a random CONV of geometry `g` over an ih x iw input."""
+    arch = board.arch
+    groups, cin_g, cout_g = g.groups, g.cin_g, g.cout_g
+    kh, kw, sh, sw, pt, pl, pb, pr, oh, ow = g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.oh, g.ow
+    sizes = [groups * cin_g * ih * iw, groups * cout_g * oh * ow]
     data = np.random.default_rng(rng.getrandbits(32))
     w = data.integers(-127, 128, (groups * cout_g, cin_g, kh, kw)).astype(np.int8)
     cout = groups * cout_g
@@ -107,7 +126,6 @@ def conv_case(board: Board, rng: random.Random, index: int) -> Case:
     program = encode(Op.CONV, **fields) + encode(Op.END)
     arena = data.integers(0, 256, ARENA_BYTES, dtype=np.uint8)
     arena[offsets[0]:offsets[0] + sizes[0]] *= data.random(sizes[0]) < 0.7  # zeros for zero-part skipping
-    name = f"{index}-conv-g{groups}-{cin_g}x{ih}x{iw}-{cout_g}-k{kh}x{kw}-s{sh}{sw}"
     registers = [PrecisionRegs(zero_skip=rng.random() < 0.5)] * MAX_LAYERS
     return Case(name, case_build(board, name, program, weights, ARENA_BYTES), arena.tobytes(), registers)
 
@@ -115,4 +133,5 @@ def conv_case(board: Board, rng: random.Random, index: int) -> Case:
 def random_cases(board: Board, count: int, seed: int) -> list[Case]:
     """`count` random single-layer programs, the same for the same seed."""
     rng = random.Random(seed)
-    return [conv_case(board, rng, i) if i % 2 else eltwise_case(board, rng, i) for i in range(count)]
+    makers = (eltwise_case, conv_case, gemm_case, conv_case)
+    return [makers[i % len(makers)](board, rng, i) for i in range(count)]

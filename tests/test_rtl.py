@@ -163,10 +163,10 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
     pool = encode(Op.POOL, cin=1, cout=1, ih=2, iw=2, oh=1, ow=1, kh=2, kw=2, sh=2, sw=2) + encode(Op.END)
     with pytest.raises(RtlUnsupported, match="POOL"):
         RtlDevice(_raw_case(pool).build)  # refused before any simulator starts
-    gemm = encode(Op.CONV, cin=8, cout=4, ih=1, iw=1, oh=1, ow=1, kh=1, kw=1, groups=1) + encode(Op.END)
-    case = _raw_case(gemm)
+    strided = encode(Op.CONV, cin=8, cout=4, ih=2, iw=2, oh=1, ow=1, kh=1, kw=1, sh=2, sw=2, groups=1)
+    case = _raw_case(strided + encode(Op.END))
     arena = Emulator(case.build).new_arena(1)
-    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 0\).*Gemm"):
+    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 0\).*larger than 1x1"):
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
 
 
