@@ -65,7 +65,7 @@ def compile_model(model_path: Path, board: str, out_dir: Path, calib: np.ndarray
     model = load(model_path)
     g = import_model(model, source)
     original = {n.output[0] for n in model.graph.node} | set(g.inputs)
-    quant = passes.run_all(g)
+    quant = passes.run_all(g, spec.arch.rows)
     if calib is not None:
         calib = _check_calib(calib, g, source)
     if not quant.act_scales and calib is None:

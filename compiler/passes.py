@@ -12,6 +12,7 @@ import numpy as np
 from onnx.reference import ReferenceEvaluator
 
 from dynq.compiler.graph import CompileError, Graph, Node
+from dynq.contract.array import fused_pool_limits
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,10 @@ def fuse_activations(g: Graph) -> None:
         g.nodes.remove(act)
 
 
-def fuse_max_pool(g: Graph) -> None:
+def fuse_max_pool(g: Graph, rows: int) -> None:
     """Conv followed by its only consumer, a 2x2 stride-2 MaxPool without padding: the array pools in its
-    drain (`aux=1`), so the convolution's full-size output never goes through the arena."""
+    drain (`aux=1`), so the convolution's full-size output never goes through the arena (where the
+    array's row buffer holds the convolution's output rows, `array.fused_pool_limits`)."""
     for pool in [n for n in g.nodes if n.op == "MaxPool"]:
         conv = g.producer(pool.inputs[0])
         if conv is None or conv.op != "Conv" or "pool" in conv.attrs:
@@ -179,6 +181,8 @@ def fuse_max_pool(g: Graph) -> None:
                  and all(d == 1 for d in pool.attr("dilations", [1, 1]))
                  and pool.attr("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID"))
         if not plain or len(g.consumers(pool.inputs[0])) != 1 or pool.inputs[0] in g.outputs:
+            continue
+        if fused_pool_limits(*g.shapes[pool.inputs[0]][-2:], rows):
             continue
         conv.attrs["pool"] = g.shapes[pool.inputs[0]]
         conv.outputs = list(pool.outputs)
@@ -197,12 +201,12 @@ def clip_bounds(g: Graph, node: Node) -> tuple[float, float]:
     return node.attr("min", lo), node.attr("max", hi)
 
 
-def run_all(g: Graph) -> QuantInfo:
+def run_all(g: Graph, rows: int) -> QuantInfo:
     quant = strip_qdq(g)
     fold_constants(g)
     remove_identities(g)
     fold_batchnorm(g)
     matmul_to_gemm(g)
     fuse_activations(g)
-    fuse_max_pool(g)
+    fuse_max_pool(g, rows)
     return quant

@@ -15,9 +15,10 @@ from myhdl import ConcatSignal, Signal, always, always_comb, block, enum, intbv,
 
 from dynq.contract import numerics as nx
 from dynq.contract import timing
-from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE
+from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
+from dynq.hdl.memories import ram
 
 PE_ACC_BITS = nx.ACC_BITS
 """The PEs' accumulators: the compiler proves every layer's sums fit (`numerics.accumulator_bound`)."""
@@ -181,6 +182,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     f_sw = f["sw"]
     f_zero_skip = f["zero_skip"]
     f_split = f["split"]
+    f_aux = f["aux"]
+    f_out_signed = f["out_signed"]
     wbytes = word_bytes(cols)
     records = wbytes // PARAM_BYTES
     rb, wbb = log2(rows), log2(wbytes)
@@ -209,6 +212,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     split = Signal(bool(0))  # the reduction-split mapping: lane j takes input channel chunk * rows + j
     item_words, m_shift = reg(8), reg(3)  # weight words per item; log2 of the channels per item (block or chunk)
     plane_in, plane_out = reg(33), reg(33)
+    pool, out_signed = Signal(bool(0)), Signal(bool(0))  # fused 2x2 max pooling; the outputs' signedness
+    plane_pool, row_pool = reg(33), reg(16)  # pooled output: plane and row sizes
     col_tiles, blocks, xtiles = reg(16), reg(16), reg(16)
 
     # ---- the fill item (one item ahead of compute) ---------------------------------------------------
@@ -265,6 +270,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     dr_mask = reg(rows)
     dr_t_mask = [reg(rows) for _ in range(pipe)]
     dr_rec = reg(max(recb, 1))
+    dr_t_k = [reg(16) for _ in range(pipe)]
+    dr_step, dr_xt = reg(33), reg(16)
+    dr_store, dr_write = Signal(bool(0)), Signal(bool(0))  # fused pooling: an even row kept, an odd row written
     acc_sel = drain["acc"]
     d_bias, d_mult = drain["bias"], drain["mult"]
     d_shift, d_rnd = reg(6), signed_acc()
@@ -637,6 +645,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 zero_skip.next = f_zero_skip
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
+                pool.next = f_aux == 1
+                out_signed.next = f_out_signed
+                plane_pool.next = (f_oh >> 1) * (f_ow >> 1)
+                row_pool.next = f_ow >> 1
                 col_tiles.next = f_col_tiles
                 xtiles.next = (int(f_ow) + rows - 1) >> rb
                 state.next = st_t.RUN
@@ -821,7 +833,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         half[:] = 1
         half[:] = half << s
         d_rnd.next = half >> 1
-        aw_en.next = dr_t_valid[pipe - 1]
+        aw_en.next = dr_t_valid[pipe - 1] and dr_write
         aw_addr.next = dr_t_addr[pipe - 1]
         aw_mask.next = dr_t_mask[pipe - 1]
 
@@ -841,15 +853,17 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             dr_t_last[0].next = eff_valid and eff_last
             dr_t_addr[0].next = eff_addr
             dr_t_mask[0].next = dr_mask
+            dr_t_k[0].next = eff_k
             dr_rec.next = ((pbase >> 4) + dr_co + eff_k) & (records - 1)
             for i in range(1, pipe):
                 dr_t_valid[i].next = dr_t_valid[i - 1]
                 dr_t_last[i].next = dr_t_last[i - 1]
                 dr_t_addr[i].next = dr_t_addr[i - 1]
                 dr_t_mask[i].next = dr_t_mask[i - 1]
+                dr_t_k[i].next = dr_t_k[i - 1]
             if issue:
                 dr_k.next = dr_k + 1
-                dr_addr.next = dr_addr + plane_out
+                dr_addr.next = dr_addr + dr_step
             if dr_busy and dr_t_valid[pipe - 1] and dr_t_last[pipe - 1]:
                 dr_busy.next = 0
             if start_drain:
@@ -861,13 +875,56 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 dr_ncols.next = n
                 co = int(ci_gi) * int(cout_g) + int(ci_ct) * cols
                 dr_co.next = co
-                dr_addr.next = int(dst) + co * int(plane_out) + int(ci_oy) * int(ow) + (int(ci_xt) << rb)
-                if split:
-                    dr_mask.next = 1  # one output pixel per channel: the adder tree's sum, in lane 0
+                dr_xt.next = ci_xt
+                if pool:  # pooled row oy // 2, pooled pixels of this x tile's lane pairs
+                    dr_addr.next = (int(dst) + co * int(plane_pool) + (int(ci_oy) >> 1) * int(row_pool)
+                                    + (int(ci_xt) << (rb - 1)))
+                    dr_step.next = plane_pool
+                    dr_mask.next = (1 << (int(ci_lanes) >> 1)) - 1
+                    dr_store.next = not ci_oy[0] and ci_oy + 1 < oh
+                    dr_write.next = ci_oy[0]
                 else:
-                    dr_mask.next = (1 << int(ci_lanes)) - 1
+                    dr_addr.next = int(dst) + co * int(plane_out) + int(ci_oy) * int(ow) + (int(ci_xt) << rb)
+                    dr_step.next = plane_out
+                    dr_store.next = 0
+                    dr_write.next = 1
+                    if split:
+                        dr_mask.next = 1  # one output pixel per channel: the adder tree's sum, in lane 0
+                    else:
+                        dr_mask.next = (1 << int(ci_lanes)) - 1
 
     insts += [drain_comb, param_port, drain_seq]
+
+    # ---- fused 2x2 max pooling: lane pairs, then the kept even row ------------------------------------
+    half = rows // 2
+    tb = log2(POOL_ROW_TILES)
+    pair_max = [reg(8) for _ in range(half)]
+    pooled = [reg(8) for _ in range(half)]
+    kept = Signal(intbv(0)[8 * half:])
+    row_we = Signal(bool(0))
+    row_wa, row_ra = reg(log2(cols) + tb), reg(log2(cols) + tb)
+    pairs = ConcatSignal(*reversed(pair_max))
+    insts.append(ram(clk, row_we, row_wa, pairs, row_ra, kept, cols * POOL_ROW_TILES))
+    for i in range(half):
+        insts.append(pool_pair(drain["y"], kept, out_signed, pair_max[i], pooled[i], i))
+    pooled_word = ConcatSignal(Signal(intbv(0)[8 * (rows - half):]), *reversed(pooled))
+
+    @always_comb
+    def pool_row():
+        row_we.next = dr_t_valid[pipe - 1] and dr_store
+        row_wa.next = (dr_t_k[pipe - 1] << tb) + dr_xt
+        row_ra.next = (dr_t_k[pipe - 2] << tb) + dr_xt
+
+    lanes_y, write_word = drain["y"], drain["data"]
+
+    @always_comb
+    def write_data():
+        if pool:
+            write_word.next = pooled_word
+        else:
+            write_word.next = lanes_y
+
+    insts += [pool_row, write_data]
 
     picks = [acc_signal() for _ in range(rows)]
     for j in range(rows):
@@ -1213,3 +1270,35 @@ def pair_sum(clk, a, b, out):
         out.next = a + b
 
     return add
+
+
+@block
+def pool_pair(y, kept, signed_out, pair, out, i: int):
+    """Pooled pixel i of a drained row: the larger of lanes 2i and 2i+1 (`pair`, kept for an even row),
+    and the larger of that and the kept even row's (`out`, written for an odd row). Signed bytes compare
+    with their top bit flipped."""
+    flip = 0x80
+
+    @always_comb
+    def larger():
+        a = int(y[16 * i + 8:16 * i])
+        b = int(y[16 * i + 16:16 * i + 8])
+        c = int(kept[8 * i + 8:8 * i])
+        if signed_out:
+            a = a ^ flip
+            b = b ^ flip
+            c = c ^ flip
+        m = a
+        if b > m:
+            m = b
+        p = m
+        if signed_out:
+            p = p ^ flip
+        pair.next = p
+        if c > m:
+            m = c
+        if signed_out:
+            m = m ^ flip
+        out.next = m
+
+    return larger

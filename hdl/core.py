@@ -16,7 +16,7 @@ from myhdl import ConcatSignal, ResetSignal, Signal, always, always_comb, block,
 from dynq.boards import Board
 from dynq.contract import CONTRACT_VERSION, ErrorCode, Instr, Memory, Mode, Op, PrecisionRegs, timing
 from dynq.contract import registers as rg
-from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE
+from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
@@ -36,8 +36,6 @@ def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
     if ins.op != Op.CONV:
         return None
     geom = timing.conv_geometry(ins)
-    if ins.aux:
-        return "CONV with fused max pooling"
     if reg.mode != Mode.INT8:
         return f"CONV in {reg.mode.name.lower()} mode"
     if timing.reduction_split(geom) and ins.ih * ins.iw > 1:
@@ -463,7 +461,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     c_aw_mask = Signal(intbv(0)[rows:])
     c_sums = [signed(PE_ACC_BITS) for _ in range(rows)]
     c_bias, c_mult, c_rnd, c_shift = signed(PE_ACC_BITS), signed(MULT_BITS), signed_acc(), Signal(intbv(0)[6:])
-    c_drain = {"acc": c_sums, "bias": c_bias, "mult": c_mult, "rnd": c_rnd, "shift": c_shift}
+    c_y, c_wdata = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[8 * rows:])  # the lanes' bytes; what the engine writes
+    c_drain = {"acc": c_sums, "bias": c_bias, "mult": c_mult, "rnd": c_rnd, "shift": c_shift, "y": c_y,
+               "data": c_wdata}
     c_aw_en, c_last, c_start = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     c_wa_addr, c_wb_addr = Signal(intbv(0)[wmw:]), Signal(intbv(0)[wmw:])
     conv_err = Signal(intbv(0)[8:])
@@ -536,6 +536,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                                   lane_x_signed, lane_capture, is_add, lane_m0, mult1, lane_rnd, lane_shift,
                                   clip_lo, clip_hi, lane_y[j]))
     y_all = ConcatSignal(*reversed(lane_y))
+
+    @always_comb
+    def lane_bytes():
+        c_y.next = y_all
+
+    insts.append(lane_bytes)
 
     @always_comb
     def lane_operands():
@@ -735,14 +741,15 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             am_we.next = x_am_we
             im_ra.next = x_im_ra
         else:
-            am_wd.next = y_all
             im_ra.next = e_im_ra
             if state == s_t.CONV or c_start:  # a split CONV reads its first window as it starts
+                am_wd.next = c_wdata
                 am_ra.next = c_ar_addr
                 am_wa.next = c_aw_addr
                 am_mask.next = c_aw_mask
                 am_we.next = c_aw_en
             else:
+                am_wd.next = y_all
                 am_ra.next = e_am_ra
                 am_wa.next = e_am_wa
                 am_mask.next = e_am_mask
@@ -798,6 +805,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             cout_g.next = f_cout // f_groups
 
     cols_bits, block_bits = log2(cols), log2(BLOCK)
+    pool_row = POOL_ROW_TILES * rows
 
     @always_comb
     def weight_tiles():
@@ -837,7 +845,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     @always_comb
     def conv_sizes():
         weight_size.next = f_groups * col_tiles * f_kh * blocks * f_kw * wbytes
-        out_size.next = f_cout * f_oh * f_ow
+        if f_aux == 1:  # fused 2x2 pooling writes the pooled output
+            out_size.next = f_cout * (f_oh >> 1) * (f_ow >> 1)
+        else:
+            out_size.next = f_cout * f_oh * f_ow
 
     @always_comb
     def split_mapping():
@@ -861,8 +872,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_range
         elif g == 0 or cg * g != cin or og * g != cout:
             err = e_opcode
-        elif f_aux != 0 or f_mode != mode_int8:
-            err = e_opcode  # fused pooling and the dynamic modes are not in this build
+        elif f_aux > 1 or f_mode != mode_int8:
+            err = e_opcode  # the dynamic modes are not in this build
         elif f_split and in_size != cin:
             err = e_opcode  # a split over an input larger than 1x1 is not in this build
         elif not f_split and cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
@@ -873,6 +884,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_overflow
         elif bad_geometry:
             err = e_overflow
+        elif f_aux == 1 and (f_oh < 2 or f_ow < 2 or f_ow > pool_row):
+            err = e_overflow  # contract array.fused_pool_limits
         elif (f_src1 & (wbytes - 1)) != 0 or f_src1 + weight_size > wmem_bytes:
             err = e_range
         elif (f_param & (PARAM_BYTES - 1)) != 0 or f_param + cout * PARAM_BYTES > wmem_bytes:

@@ -90,7 +90,9 @@ def conv_case(board: Board, rng: random.Random, index: int) -> Case:
         if (oh >= 1 and ow >= 1 and timing.packing(g, arch.cols) == 1 and not timing.reduction_split(g)
                 and not window_limits(sw, kw, (1, 1), ow, arch.rows) and sum(sizes) < ARENA_BYTES):
             break
-    return _conv_case(board, rng, f"{index}-conv-g{groups}-{cin_g}x{ih}x{iw}-{cout_g}-k{kh}x{kw}-s{sh}{sw}", g, ih, iw)
+    pool = min(oh, ow) >= 2 and rng.random() < 0.3
+    name = f"{index}-conv-g{groups}-{cin_g}x{ih}x{iw}-{cout_g}-k{kh}x{kw}-s{sh}{sw}" + ("-pool" if pool else "")
+    return _conv_case(board, rng, name, g, ih, iw, pool)
 
 
 def gemm_case(board: Board, rng: random.Random, index: int) -> Case:
@@ -103,12 +105,14 @@ def gemm_case(board: Board, rng: random.Random, index: int) -> Case:
     return _conv_case(board, rng, f"{index}-gemm-g{groups}-{cin_g}-{cout_g}", g, 1, 1)
 
 
-def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeometry, ih: int, iw: int) -> Case:
-    """The weights, records, arena and registers of a random CONV of geometry `g` over an ih x iw input."""
+def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeometry, ih: int, iw: int,
+               pool: bool = False) -> Case:
+    """The weights, records, arena and registers of a random CONV of geometry `g` over an ih x iw input
+    (with `pool`, a fused 2x2 max pooling)."""
     arch = board.arch
     groups, cin_g, cout_g = g.groups, g.cin_g, g.cout_g
     kh, kw, sh, sw, pt, pl, pb, pr, oh, ow = g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.oh, g.ow
-    sizes = [groups * cin_g * ih * iw, groups * cout_g * oh * ow]
+    sizes = [groups * cin_g * ih * iw, groups * cout_g * (oh // 2 * (ow // 2) if pool else oh * ow)]
     data = np.random.default_rng(rng.getrandbits(32))
     w = data.integers(-127, 128, (groups * cout_g, cin_g, kh, kw)).astype(np.int8)
     cout = groups * cout_g
@@ -119,10 +123,10 @@ def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeomet
                                   np.full(cout, shift))
     offsets = _regions(rng, sizes, ARENA_BYTES)
     signed = rng.random() < 0.5
-    fields = dict(layer=rng.randrange(MAX_LAYERS), s0_signed=int(signed), out_signed=int(signed), src0=offsets[0],
-                  src1=0, dst=offsets[1], param=params_at, cin=groups * cin_g, cout=cout, ih=ih, iw=iw, oh=oh,
-                  ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, dh=1, dw=1, pt=pt, pl=pl, pb=pb, pr=pr, groups=groups,
-                  clip_lo=-128 if signed else 0, clip_hi=127 if signed else 255)
+    fields = dict(layer=rng.randrange(MAX_LAYERS), s0_signed=int(signed), out_signed=int(signed), aux=int(pool),
+                  src0=offsets[0], src1=0, dst=offsets[1], param=params_at, cin=groups * cin_g, cout=cout, ih=ih,
+                  iw=iw, oh=oh, ow=ow, kh=kh, kw=kw, sh=sh, sw=sw, dh=1, dw=1, pt=pt, pl=pl, pb=pb, pr=pr,
+                  groups=groups, clip_lo=-128 if signed else 0, clip_hi=127 if signed else 255)
     program = encode(Op.CONV, **fields) + encode(Op.END)
     arena = data.integers(0, 256, ARENA_BYTES, dtype=np.uint8)
     arena[offsets[0]:offsets[0] + sizes[0]] *= data.random(sizes[0]) < 0.7  # zeros for zero-part skipping

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 import dynq
 from dynq.boards import load as load_board
@@ -17,7 +18,7 @@ from dynq.contract.array import BLOCK
 from dynq.contract.registers import DeviceError
 from dynq.runtime.emulator import Emulator
 from tests import reference
-from tests.conftest import images
+from tests.conftest import export, images
 from tests.rtl_cases import case_build
 
 SHAPE = (3, 16, 16)
@@ -103,6 +104,23 @@ def test_max_pool_fuses_into_conv(ops_build: Path) -> None:
     """Conv -> ReLU -> 2x2 stride-2 MaxPool is one CONV with aux=1 (checked bit-exact by the tests above)."""
     convs = [ins for ins in dynq.load(ops_build).build.instructions if ins.op == Op.CONV]
     assert [ins.aux for ins in convs].count(1) == 1
+
+
+def test_max_pool_too_wide_for_the_row_buffer_stays_separate(tmp_path: Path) -> None:
+    """A 140-pixel-wide conv output exceeds pynq-z2's fused-pooling row (8 x 16 lanes), not zcu104's (8 x 32):
+    the compiler fuses only where the array can, and both builds compute the same outputs."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    path = export(net, tmp_path / "wide.onnx", (1, 4, 140))
+    x = images(4, (1, 4, 140), seed=3)
+    outputs = {}
+    for board, fused in (("pynq-z2", False), ("zcu104", True)):
+        dynq.compile(path, board, tmp_path / board, calib=x)
+        model = dynq.load(tmp_path / board)
+        ops = [(ins.op, ins.aux) for ins in model.build.instructions if ins.op != Op.END]
+        assert ops == ([(Op.CONV, 1)] if fused else [(Op.CONV, 0), (Op.POOL, 0)]), board
+        outputs[board] = model.run(x).raw
+    for name, tensor in outputs["pynq-z2"].items():
+        np.testing.assert_array_equal(outputs["zcu104"][name], tensor)
 
 
 @pytest.mark.parametrize("field, value", [("src1", 4), ("param", 8)])

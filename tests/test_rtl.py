@@ -20,8 +20,9 @@ from dynq.contract import registers as rg
 from dynq.contract.registers import DeviceError
 from dynq.hdl.sim import RtlSim, bit, build, reg
 from dynq.runtime.emulator import Arena, Emulator
-from dynq.runtime.model import VerifyError
+from dynq.runtime.model import Model, VerifyError
 from dynq.runtime.rtl import RtlDevice, RtlUnsupported
+from dynq.zoo import bundled_model, bundled_samples
 from tests.rtl_cases import ARENA_BYTES, OPS_IN_RTL, Case, case_build, random_cases
 
 BOARD = "pynq-z2"
@@ -127,12 +128,8 @@ def eltwise_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "build"
 
 
-def test_model_on_rtl_matches_emulator_every_tensor(eltwise_build: Path) -> None:
-    """Device segments on the RTL around a host partition: every device tensor and every counter agree."""
-    x = np.random.default_rng(1).normal(size=(3, 3, 8, 8)).astype(np.float32)
-    model = dynq.load(eltwise_build)
-    kinds = [i.op for i in model.build.instructions]
-    assert Op.ADD in kinds and Op.MOVE in kinds and any(s["kind"] == "host" for s in model.build.manifest["schedule"])
+def _rtl_agrees(model: Model, x: np.ndarray) -> None:
+    """Every device tensor and every layer's busy cycles agree between the RTL and the emulator."""
     try:
         emulated = model.run(x, trace=True)
         simulated = model.run(x, trace=True, backend="rtl", verify=True)
@@ -144,6 +141,34 @@ def test_model_on_rtl_matches_emulator_every_tensor(eltwise_build: Path) -> None
     for want, got in zip(emulated.report.layers, simulated.report.layers, strict=True):
         assert (got.name, got.cycles) == (want.name, want.cycles)
         assert want.cycles > 0
+
+
+def test_model_on_rtl_matches_emulator_every_tensor(eltwise_build: Path) -> None:
+    """Device segments on the RTL around a host partition."""
+    model = dynq.load(eltwise_build)
+    kinds = [i.op for i in model.build.instructions]
+    assert Op.ADD in kinds and Op.MOVE in kinds and any(s["kind"] == "host" for s in model.build.manifest["schedule"])
+    _rtl_agrees(model, np.random.default_rng(1).normal(size=(3, 3, 8, 8)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def lenet_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    images, _ = bundled_samples()
+    out = tmp_path_factory.mktemp("lenet") / "build"
+    dynq.compile(bundled_model("lenet5"), BOARD, out, calib=images[:32].astype(np.float32) / 255)
+    return out
+
+
+@pytest.mark.parametrize("zero_skip", [False, True], ids=["int8", "int8-zero-skip"])
+def test_lenet_on_rtl_matches_emulator(lenet_build: Path, zero_skip: bool) -> None:
+    """The bundled LeNet-5 (convolutions with fused pooling, Gemm layers) runs on the RTL core entirely."""
+    model = dynq.load(lenet_build, mode="int8")
+    convs = [i for i in model.build.instructions if i.op == Op.CONV]
+    assert {i.aux for i in convs} == {0, 1} and any(i.oh * i.ow == 1 for i in convs)
+    for index in range(len(model.layers)):
+        model.set_layer(index, zero_skip=zero_skip)
+    images, _ = bundled_samples()
+    _rtl_agrees(model, images[32:36].astype(np.float32) / 255)
 
 
 def test_cli_backend_rtl(eltwise_build: Path, tmp_path: Path) -> None:
@@ -182,9 +207,12 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
     (dict(sw=0), ErrorCode.BUFFER_OVERFLOW),
     (dict(sw=5, iw=8, ow=2), ErrorCode.BUFFER_OVERFLOW),
     (dict(ih=2, pt=0, oh=1), ErrorCode.BUFFER_OVERFLOW),
+    (dict(aux=2), ErrorCode.BAD_OPCODE),
+    (dict(aux=1, ih=3, oh=1), ErrorCode.BUFFER_OVERFLOW),
+    (dict(aux=1, iw=140, ow=138), ErrorCode.BUFFER_OVERFLOW),
 ], ids=["dilated", "line-overflow", "weights-misaligned", "groups-do-not-divide", "output-past-arena",
         "input-size-past-33-bits", "rows-not-the-window's", "columns-not-the-window's", "stride-0", "stride-5",
-        "kernel-taller-than-input"])
+        "kernel-taller-than-input", "aux-2", "pooling-one-row", "pooling-row-too-wide"])
 def test_bad_convolutions_stop_like_the_emulator(sim: RtlSim, change: dict, code: ErrorCode) -> None:
     fields = dict(cin=16, cout=20, ih=4, iw=40, oh=2, ow=38, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1,
                   src0=0, dst=1024, src1=0, param=8192, clip_lo=0, clip_hi=255)

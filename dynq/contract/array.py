@@ -22,6 +22,9 @@ REGION_MAX = 16
 regions and a region row is found by a shift."""
 SDP_G_VALUES = tuple(1 << i for i in range(BLOCK.bit_length()))
 """Allowed SDP group sizes: powers of two up to BLOCK."""
+POOL_ROW_TILES = 8
+"""A CONV with fused 2x2 max pooling keeps the pooled pairs of an even output row, for every column of a
+column tile, until the odd row arrives: a buffer of POOL_ROW_TILES x tiles of `rows` pixels."""
 
 
 def is_pow2(n: int) -> bool:
@@ -31,6 +34,16 @@ def is_pow2(n: int) -> bool:
 def line_reads(stride: int, kw: int, lanes: int, rows: int) -> int:
     """Arena windows (rows bytes each) that fill one line: the bytes `lanes` active lanes need for every tap."""
     return -(-(stride * (lanes - 1) + kw) // rows)
+
+
+def fused_pool_limits(oh: int, ow: int, rows: int) -> str | None:
+    """Why a CONV of output oh x ow cannot fuse a 2x2 stride-2 max pooling on the array, or None."""
+    if min(oh, ow) < 2:
+        return f"fused 2x2 pooling needs an output at least 2x2, not {oh}x{ow}"
+    if -(-ow // rows) > POOL_ROW_TILES:
+        return (f"fused 2x2 pooling keeps one output row of at most {POOL_ROW_TILES * rows} pixels; this one has "
+                f"{ow}: pool in a separate layer")
+    return None
 
 
 def window_limits(stride: int, kw: int, dilation: tuple[int, int], ow: int, rows: int) -> str | None:

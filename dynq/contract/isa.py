@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynq.contract.array import POOL_ROW_TILES
+
 
 class Op(enum.IntEnum):
     """Opcodes. Semantics are documented in `docs/isa.md` (generated from `OP_DOCS`)."""
@@ -31,7 +33,8 @@ OP_DOCS: dict[Op, str] = {
         "bias[co], mult[co], shift[co]), clip_lo, clip_hi)` where x' is the input after the layer's "
         "precision rule (registers of `layer`). Weights int8 at `src1` and per-channel records (bias, mult, shift) at "
         "`param`, laid out as in 'Weight image layout'. `aux=1` fuses a 2x2 stride-2 max "
-        "pooling: `oh, ow` stay the convolution's, `dst` receives `[cout, oh // 2, ow // 2]`."
+        "pooling: `oh, ow` stay the convolution's, `dst` receives `[cout, oh // 2, ow // 2]`; the output must be "
+        f"at least 2x2 and at most {POOL_ROW_TILES} x `rows` wide (`array.POOL_ROW_TILES`; BUFFER_OVERFLOW otherwise)."
     ),
     Op.POOL: (
         "Pooling. `aux=0`: max over the window (padding never wins). `aux=1`: "
