@@ -268,6 +268,8 @@ class Lowerer:
             if node.op == "AveragePool" and any(pads) and not node.attr("count_include_pad", 0):
                 raise CompileError(f"{self.source}: {node.name}: AveragePool with padding needs "
                                    "count_include_pad=1 on the overlay")
+        if max(pads[0], pads[2]) >= k[0] or max(pads[1], pads[3]) >= k[1]:
+            raise CompileError(f"{self.source}: {node.name}: pooling pads {pads} must be smaller than the kernel {k}")
         is_max = node.op == "MaxPool"
         if is_max:  # max pooling is exact: the output keeps the input's scale
             out, (mult, shift) = self.new_tensor(node.outputs[0], like=x), (0, 0)

@@ -26,6 +26,8 @@ MAG_BITS = nx.PART_BITS
 """A term part as a PE multiplies it: a magnitude (0..15) and a sign, so that the product is two radix-4
 digits read from the column's multiples of its weight and one add."""
 WEIGHT_BITS = 8
+POOL_ACC_BITS = 26
+"""A POOL sum: windows of up to 255 x 255 (the kernel fields) 8-bit values."""
 DRAIN_READ_LATENCY = 1
 assert MAG_BITS == 4, "the PE reads a part as two radix-4 digits"
 assert DRAIN_READ_LATENCY + 3 == timing.PIPE_CYCLES, "drain: parameter read + three requantizer stages"
@@ -184,6 +186,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     f_split = f["split"]
     f_aux = f["aux"]
     f_out_signed = f["out_signed"]
+    f_pool = f["pool"]
+    f_cin = f["cin"]
+    f_mult0 = f["mult0"]
+    f_shift0 = f["shift0"]
     wbytes = word_bytes(cols)
     records = wbytes // PARAM_BYTES
     rb, wbb = log2(rows), log2(wbytes)
@@ -214,6 +220,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     plane_in, plane_out = reg(33), reg(33)
     pool, out_signed = Signal(bool(0)), Signal(bool(0))  # fused 2x2 max pooling; the outputs' signedness
     plane_pool, row_pool = reg(33), reg(16)  # pooled output: plane and row sizes
+    # POOL: one pass per (block of BLOCK channels, output row, x tile); a comparator or adder per lane and slot
+    pool_op, pool_max = Signal(bool(0)), Signal(bool(0))
+    channels = reg(16)
+    pool_mult, pool_shift = signed(17), reg(6)
     col_tiles, blocks, xtiles = reg(16), reg(16), reg(16)
 
     # ---- the fill item (one item ahead of compute) ---------------------------------------------------
@@ -369,8 +379,18 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             cap_hi.next = hi
 
     cap_bytes = [reg(8) for _ in range(rows)]
+    pad_byte = reg(8)  # padding: 0, or for max pooling the smallest value, so that it never wins
+
+    @always_comb
+    def padding_value():
+        if pool_op and pool_max and s0_signed:
+            pad_byte.next = 0x80
+        else:
+            pad_byte.next = 0
+
+    insts.append(padding_value)
     for i in range(rows):
-        insts.append(padding_mask(ar_data(8 * i + 8, 8 * i), cap_lo, cap_hi, cap_row_ok, cap_bytes[i], i))
+        insts.append(padding_mask(ar_data(8 * i + 8, 8 * i), cap_lo, cap_hi, cap_row_ok, pad_byte, cap_bytes[i], i))
     masked = ConcatSignal(*reversed(cap_bytes))
 
     @always_comb
@@ -417,6 +437,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         if split:
             eff_u.next = 0
             any_unit.next = c_busy
+        elif pool_op:
+            eff_u.next = u_cur
+            any_unit.next = c_busy
         elif tap_start:
             eff_u.next = first_u
             any_unit.next = first_found and c_busy
@@ -450,6 +473,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         finish = True
         if split:
             finish = s_cur + 1 >= words
+        elif pool_op:
+            finish = u_cur + 1 >= ci_nch
         elif any_unit:
             if s_cur + 1 < ((costs >> (2 * int(eff_u))) & 3) or more_units:
                 finish = False
@@ -550,6 +575,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     @always_comb
     def next_fill():
         n = int(cin_g) - (int(nx_m) << bb)
+        if pool_op:
+            n = int(channels) - (int(nx_gi) << bb)
         if n > BLOCK:
             n = BLOCK
         lanes = int(ow) - (int(nx_xt) << rb)
@@ -645,7 +672,19 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 zero_skip.next = f_zero_skip
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
-                pool.next = f_aux == 1
+                pool.next = f_aux == 1 and not f_pool
+                pool_op.next = f_pool
+                pool_max.next = f_aux == 0
+                channels.next = f_cin
+                if f_aux == 0:  # max: the lanes pass the value through (x * 1 >> 0) to the clamp
+                    pool_mult.next = 1
+                    pool_shift.next = 0
+                else:
+                    pool_mult.next = f_mult0.signed()
+                    sh0 = int(f_shift0)
+                    if sh0 > shift_sat:
+                        sh0 = shift_sat
+                    pool_shift.next = sh0
                 out_signed.next = f_out_signed
                 plane_pool.next = (f_oh >> 1) * (f_ow >> 1)
                 row_pool.next = f_ow >> 1
@@ -663,6 +702,13 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 ci_valid.next = 0
                 c_busy.next = 0
                 n0 = cg
+                if f_pool:  # groups of BLOCK channels (the last one partial), one "column" per channel
+                    n0 = int(f_cin)
+                    cin_g.next = BLOCK
+                    cout_g.next = BLOCK
+                    groups.next = (int(f_cin) + BLOCK - 1) >> bb
+                    col_tiles.next = 1
+                    blocks.next = 1
                 if n0 > BLOCK:
                     n0 = BLOCK
                 lanes0 = int(f_ow)
@@ -700,6 +746,15 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     s_cur.next = 0
                 else:
                     s_cur.next = s_cur + 1
+            elif c_busy and pool_op:  # a cycle per channel of the block, per tap
+                if tap_end:
+                    u_cur.next = 0
+                    if tap_b + 1 < kw:
+                        tap_b.next = tap_b + 1
+                    else:
+                        c_busy.next = 0
+                else:
+                    u_cur.next = u_cur + 1
             elif c_busy:
                 if tap_end:
                     tap_start.next = 1
@@ -731,6 +786,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 ci_oy.next = fi_oy
                 ci_xt.next = fi_xt
                 n = int(cin_g) - (int(fi_m) << bb)
+                if pool_op:
+                    n = int(channels) - (int(fi_gi) << bb)
                 if n > BLOCK:
                     n = BLOCK
                 lanes = int(ow) - (int(fi_xt) << rb)
@@ -745,6 +802,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 tap_b.next = 0
                 tap_start.next = 1
                 s_cur.next = 0
+                u_cur.next = 0
                 # the next item's fill starts
                 fi_gi.next = nx_gi
                 fi_ct.next = nx_ct
@@ -823,11 +881,16 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         last.next = state == st_t.TAIL and dr_t_valid[pipe - 1] and dr_t_last[pipe - 1]
         rec = intbv(0)[8 * wbytes:]
         rec[:] = wb_data >> (8 * PARAM_BYTES * int(dr_rec))
-        d_bias.next = rec[32:0].signed()
-        d_mult.next = rec[48:32]
         s = int(rec[72:64])
         if s > shift_sat:
             s = shift_sat
+        if pool_op:
+            d_bias.next = 0
+            d_mult.next = pool_mult
+            s = int(pool_shift)
+        else:
+            d_bias.next = rec[32:0].signed()
+            d_mult.next = rec[48:32]
         d_shift.next = s
         half = intbv(0)[ACC_BITS + 1:]
         half[:] = 1
@@ -870,6 +933,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 dr_busy.next = 1
                 dr_k.next = 0
                 n = int(cout_g) - int(ci_ct) * cols
+                if pool_op:
+                    n = int(channels) - (int(ci_gi) << bb)
                 if n > cols:
                     n = cols
                 dr_ncols.next = n
@@ -933,17 +998,22 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         insts.append(column_pick(clk, flat, dr_k, picks[j], cols))
     tree_sum = acc_signal()
     insts.append(adder_tree(clk, picks, tree_sum))
-    for j in range(1, rows):
-        insts.append(wire(picks[j], acc_sel[j]))
+
+    # POOL: per lane, a comparator/adder over its BLOCK slot accumulators, one slot (channel) a cycle
+    pool_upd, pool_k = Signal(bool(0)), reg(bb)
+    pool_sums = [signed(POOL_ACC_BITS) for _ in range(rows)]
 
     @always_comb
-    def lane0_sum():
-        if split:
-            acc_sel[0].next = tree_sum
-        else:
-            acc_sel[0].next = picks[0]
+    def pool_control():
+        pool_upd.next = pool_op and c_busy
+        pool_k.next = dr_k[bb:]
 
-    insts.append(lane0_sum)
+    insts.append(pool_control)
+    for j in range(rows):
+        vals = ConcatSignal(*reversed(lane_vals[j]))
+        insts.append(pool_lane(clk, vals, eff_u, s0_signed, pool_max, pool_upd, pe_reset, start_drain, pool_k,
+                               pool_sums[j]))
+        insts.append(lane_sum(split, pool_op, tree_sum if j == 0 else picks[j], picks[j], pool_sums[j], acc_sel[j]))
 
     @always(clk.posedge)
     def stage_terms():
@@ -990,9 +1060,14 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     @always_comb
     def counters_out():
-        n_compute.next = k_compute
-        n_stall.next = k_stall * col_tiles
-        n_steps.next = k_steps * cout_g
+        if pool_op:  # POOL reports busy cycles only
+            n_compute.next = 0
+            n_stall.next = 0
+            n_steps.next = 0
+        else:
+            n_compute.next = k_compute
+            n_stall.next = k_stall * col_tiles
+            n_steps.next = k_steps * cout_g
 
     insts += [count_cycle, count, counters_out]
     return insts
@@ -1030,15 +1105,15 @@ column_pick.vhdl_code = ("process ($clk) begin if rising_edge($clk) then $out <=
 
 
 @block
-def padding_mask(byte, lo, hi, row_ok, out, i: int):
-    """Byte i of a fill window, or 0 where it lies outside the input row (padding): outside [lo, hi)."""
+def padding_mask(byte, lo, hi, row_ok, pad, out, i: int):
+    """Byte i of a fill window, or `pad` where it lies outside the input row (padding): outside [lo, hi)."""
 
     @always_comb
     def keep():
         if row_ok and i >= lo and i < hi:
             out.next = byte
         else:
-            out.next = 0
+            out.next = pad
 
     return keep
 
@@ -1302,3 +1377,63 @@ def pool_pair(y, kept, signed_out, pair, out, i: int):
         out.next = m
 
     return larger
+
+
+@block
+def lane_sum(split, pool_op, split_sum, pick, pool_sum, out):
+    """The sum a requantizer lane takes: the PE column's, the split's adder tree (lane 0) or the POOL's."""
+
+    @always_comb
+    def choose():
+        if pool_op:
+            out.next = pool_sum
+        elif split:
+            out.next = split_sum
+        else:
+            out.next = pick
+
+    return choose
+
+
+@block
+def pool_lane(clk, vals, u, signed_in, is_max, active, reset, capture, k, out):
+    """POOL for one lane: BLOCK accumulators (one per channel of the block), of which slot u takes this
+    cycle's value (its max, or its sum); `reset` starts a pass (max from below any value, sum from 0),
+    `capture` keeps the pass's results for the drain, which reads slot k (registered into `out`)."""
+    accs = [signed(POOL_ACC_BITS) for _ in range(BLOCK)]
+    kept = [signed(POOL_ACC_BITS) for _ in range(BLOCK)]
+    new = signed(POOL_ACC_BITS)
+    floor = -(1 << 8)
+
+    @always_comb
+    def combine():
+        v = int((vals >> (8 * int(u))) & 0xFF)
+        if signed_in and v >= 128:
+            v = v - 256
+        a = int(accs[u])
+        if is_max:
+            if v > a:
+                new.next = v
+            else:
+                new.next = a
+        else:
+            new.next = a + v
+
+    @always(clk.posedge)
+    def update():
+        for t in range(BLOCK):
+            if capture:
+                if active and u == t:
+                    kept[t].next = new
+                else:
+                    kept[t].next = accs[t]
+            if reset:
+                if is_max:
+                    accs[t].next = floor
+                else:
+                    accs[t].next = 0
+            elif active and u == t:
+                accs[t].next = new
+        out.next = kept[k]
+
+    return combine, update

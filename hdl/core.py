@@ -5,8 +5,9 @@ opcodes, error codes, the requantization rule and the cycle model's constants. T
 array shape and memory sizes. The core runs one segment per start: it fetches an instruction, checks
 it, executes it, writes the layer's performance counters, and moves on until END or an error.
 
-Implemented units: the sequencer with its error checks, and the element-wise unit (MOVE, ADD) on the
-lane-banked arena. CONV and POOL raise BAD_OPCODE in this build (see docs/overlay.md).
+Implemented units: the sequencer with its error checks, the element-wise unit (MOVE, ADD) on the
+lane-banked arena, and the convolution engine (CONV in int8, POOL); what it lacks of CONV stops with
+BAD_OPCODE (see `unsupported` and docs/overlay.md).
 """
 
 from __future__ import annotations
@@ -24,15 +25,10 @@ from dynq.hdl.conv import PE_ACC_BITS, conv_engine
 from dynq.hdl.lanes import ACC_BITS, MULT_BITS, SHIFT_SAT, requant_lane, signed, signed_acc
 from dynq.hdl.memories import ram, ram_bytes, ram_dual_bytes, window_ram
 
-RTL_OPS = (Op.NOP, Op.END, Op.MOVE, Op.ADD, Op.CONV)
-"""The operations this core runs; any other opcode stops it with BAD_OPCODE."""
-
 
 def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
     """What of this instruction (with its layer's registers) the core does not run yet, or None. The core
     stops such an instruction with BAD_OPCODE; the runtime asks first, to say what is missing."""
-    if ins.op not in RTL_OPS:
-        return f"{ins.op.name}"
     if ins.op != Op.CONV:
         return None
     geom = timing.conv_geometry(ins)
@@ -119,8 +115,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     prec_shift, cnt_shift = log2(rg.PRECISION_STRIDE), log2(rg.COUNTER_STRIDE)
     e_ok, e_opcode, e_range, e_xfer = ErrorCode.OK, ErrorCode.BAD_OPCODE, ErrorCode.ADDR_RANGE, ErrorCode.XFER
     m_instr, m_weights, m_arena = Memory.INSTR, Memory.WEIGHTS, Memory.ARENA
-    op_nop, op_move, op_add, op_end, op_conv = (int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END),
-                                                int(Op.CONV))
+    op_nop, op_move, op_add, op_end, op_conv, op_pool = (int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END),
+                                                         int(Op.CONV), int(Op.POOL))
     e_overflow = ErrorCode.BUFFER_OVERFLOW
     mode_int8 = int(Mode.INT8)
     mode_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "MODE")
@@ -661,7 +657,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 elif opc == op_nop:
                     pc.next = pc + 1
                     cyc.next = 0
-                elif opc == op_conv:
+                elif opc == op_conv or opc == op_pool:
                     if conv_err != e_ok:
                         busy.next = 0
                         error.next = 1
@@ -775,9 +771,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     cin_g, cout_g = Signal(intbv(0)[FIELD["cin"].width:]), Signal(intbv(0)[FIELD["cout"].width:])
     col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
     blocks = Signal(intbv(0)[FIELD["cin"].width:])
-    f_split = Signal(bool(0))
+    f_split, f_pool = Signal(bool(0)), Signal(bool(0))
     engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g, "col_tiles": col_tiles,
-                     "blocks": blocks, "split": f_split}
+                     "blocks": blocks, "split": f_split, "pool": f_pool}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
                              c_last, c_compute, c_stall, c_steps))
@@ -845,7 +841,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     @always_comb
     def conv_sizes():
         weight_size.next = f_groups * col_tiles * f_kh * blocks * f_kw * wbytes
-        if f_aux == 1:  # fused 2x2 pooling writes the pooled output
+        if f_aux == 1 and f_opcode == op_conv:  # fused 2x2 pooling writes the pooled output
             out_size.next = f_cout * (f_oh >> 1) * (f_ow >> 1)
         else:
             out_size.next = f_cout * f_oh * f_ow
@@ -853,7 +849,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     @always_comb
     def split_mapping():
         # contract timing.reduction_split: one output pixel of a 1x1 kernel, no padding
-        f_split.next = f_oh == 1 and f_ow == 1 and f_kh == 1 and f_kw == 1 and f_pt + f_pl + f_pb + f_pr == 0
+        f_split.next = (f_opcode == op_conv and f_oh == 1 and f_ow == 1 and f_kh == 1 and f_kw == 1
+                        and f_pt + f_pl + f_pb + f_pr == 0)
 
     @always_comb
     def conv_check():
@@ -868,7 +865,23 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             lanes = rows
         cg = int(cin_g)
         og = int(cout_g)
-        if f_src0 + in_size > amem_bytes:
+        f_pool.next = f_opcode == op_pool
+        if f_opcode == op_pool:  # in the emulator's order: window, geometry, input, shape, output
+            if f_dh > 1 or f_dw > 1 or (f_sw > MAX_STRIDE and lanes > 1):
+                err = e_overflow
+            elif int(f_sw) * (lanes - 1) + int(f_kw) > line_bytes:
+                err = e_overflow
+            elif bad_geometry:
+                err = e_overflow
+            elif f_pt >= f_kh or f_pb >= f_kh or f_pl >= f_kw or f_pr >= f_kw:
+                err = e_overflow  # contract isa.geometry_error: every window holds an input pixel
+            elif f_src0 + in_size > amem_bytes:
+                err = e_range
+            elif cout != cin:
+                err = e_overflow
+            elif f_dst + out_size > amem_bytes:
+                err = e_range
+        elif f_src0 + in_size > amem_bytes:
             err = e_range
         elif g == 0 or cg * g != cin or og * g != cout:
             err = e_opcode
@@ -896,7 +909,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
 
     @always_comb
     def conv_go():
-        c_start.next = state == s_t.FETCH and cyc == setup_last and f_opcode == op_conv and conv_err == e_ok
+        c_start.next = (state == s_t.FETCH and cyc == setup_last and (f_opcode == op_conv or f_opcode == op_pool)
+                        and conv_err == e_ok)
 
     insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, split_mapping,
               conv_check, conv_go]

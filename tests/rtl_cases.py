@@ -17,7 +17,7 @@ from dynq.contract.array import window_limits
 from dynq.contract.registers import MAX_LAYERS
 from dynq.runtime.artifacts import Build
 
-OPS_IN_RTL = (Op.MOVE, Op.ADD, Op.CONV)
+OPS_IN_RTL = (Op.MOVE, Op.ADD, Op.CONV, Op.POOL)
 """The operations the random corpus draws from (CONV: the cases `hdl.core.unsupported` accepts)."""
 ARENA_BYTES = 8192
 """Arena of a random case: small, so a case loads and stores quickly."""
@@ -71,6 +71,35 @@ def eltwise_case(board: Board, rng: random.Random, index: int) -> Case:
     program = encode(op, **fields) + encode(Op.END)
     arena = np.random.default_rng(rng.getrandbits(32)).integers(0, 256, ARENA_BYTES, dtype=np.uint8).tobytes()
     name = f"{index}-{op.name.lower()}-{cin}x{ih}x{iw}"
+    return Case(name, case_build(board, name, program, b"", ARENA_BYTES), arena)
+
+
+def pool_case(board: Board, rng: random.Random, index: int) -> Case:
+    """A max or average POOL: random channels, window, stride, padding, signedness, multiplier and clamp."""
+    rows = board.arch.rows
+    while True:
+        cin, kh, kw = rng.randint(1, 20), rng.randint(1, 4), rng.randint(1, 5)
+        sh, sw = rng.randint(1, 3), rng.randint(1, 3)
+        ih, iw = rng.randint(kh, 10), rng.randint(kw, 3 * rows)
+        pt, pb = (rng.randint(0, kh - 1) if rng.random() < 0.4 else 0 for _ in range(2))
+        pl, pr = (rng.randint(0, kw - 1) if rng.random() < 0.4 else 0 for _ in range(2))
+        oh, ow = (ih + pt + pb - kh) // sh + 1, (iw + pl + pr - kw) // sw + 1
+        sizes = [cin * ih * iw, cin * oh * ow]
+        if not window_limits(sw, kw, (1, 1), ow, rows) and sum(sizes) < ARENA_BYTES:
+            break
+    average = rng.random() < 0.5
+    s0_signed, out_signed = rng.random() < 0.5, rng.random() < 0.5
+    lo, hi = (-128, 127) if out_signed else (0, 255)
+    offsets = _regions(rng, sizes, ARENA_BYTES)
+    fields = dict(layer=rng.randrange(MAX_LAYERS), s0_signed=int(s0_signed), out_signed=int(out_signed),
+                  aux=int(average), src0=offsets[0], dst=offsets[1], cin=cin, cout=cin, ih=ih, iw=iw, oh=oh, ow=ow,
+                  kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, pb=pb, pr=pr, groups=cin, clip_lo=lo, clip_hi=hi)
+    if average:
+        shift = 8 + round(np.log2(kh * kw)) + rng.randint(-1, 1)
+        fields.update(mult0=rng.randint(-(1 << 8), 1 << 15), shift0=shift)
+    program = encode(Op.POOL, **fields) + encode(Op.END)
+    arena = np.random.default_rng(rng.getrandbits(32)).integers(0, 256, ARENA_BYTES, dtype=np.uint8).tobytes()
+    name = f"{index}-{'avg' if average else 'max'}pool-{cin}x{ih}x{iw}-k{kh}x{kw}-s{sh}{sw}"
     return Case(name, case_build(board, name, program, b"", ARENA_BYTES), arena)
 
 
@@ -137,5 +166,5 @@ def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeomet
 def random_cases(board: Board, count: int, seed: int) -> list[Case]:
     """`count` random single-layer programs, the same for the same seed."""
     rng = random.Random(seed)
-    makers = (eltwise_case, conv_case, gemm_case, conv_case)
+    makers = (eltwise_case, conv_case, gemm_case, conv_case, pool_case)
     return [makers[i % len(makers)](board, rng, i) for i in range(count)]

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 import dynq
 from dynq.boards import load as load_board
 from dynq.cli import main
-from dynq.contract import ErrorCode, Memory, Op, encode
+from dynq.contract import ErrorCode, Memory, Mode, Op, PrecisionRegs, encode
 from dynq.contract import registers as rg
 from dynq.contract.registers import DeviceError
 from dynq.hdl.sim import RtlSim, bit, build, reg
@@ -152,19 +152,20 @@ def test_model_on_rtl_matches_emulator_every_tensor(eltwise_build: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def lenet_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def zoo_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     images, _ = bundled_samples()
-    out = tmp_path_factory.mktemp("lenet") / "build"
-    dynq.compile(bundled_model("lenet5"), BOARD, out, calib=images[:32].astype(np.float32) / 255)
-    return out
+    root = tmp_path_factory.mktemp("zoo")
+    for name in ("lenet5", "resnet_small"):
+        dynq.compile(bundled_model(name), BOARD, root / name, calib=images[:32].astype(np.float32) / 255)
+    return {name: root / name for name in ("lenet5", "resnet_small")}
 
 
 @pytest.mark.parametrize("zero_skip", [False, True], ids=["int8", "int8-zero-skip"])
-def test_lenet_on_rtl_matches_emulator(lenet_build: Path, zero_skip: bool) -> None:
-    """The bundled LeNet-5 (convolutions with fused pooling, Gemm layers) runs on the RTL core entirely."""
-    model = dynq.load(lenet_build, mode="int8")
-    convs = [i for i in model.build.instructions if i.op == Op.CONV]
-    assert {i.aux for i in convs} == {0, 1} and any(i.oh * i.ow == 1 for i in convs)
+@pytest.mark.parametrize("name", ["lenet5", "resnet_small"])
+def test_zoo_model_on_rtl_matches_emulator(zoo_builds: dict[str, Path], name: str, zero_skip: bool) -> None:
+    """The bundled LeNet-5 (fused pooling, Gemm) and ResNet (strided convs, residual Adds, global average
+    pooling, Gemm) run on the RTL core entirely."""
+    model = dynq.load(zoo_builds[name], mode="int8")
     for index in range(len(model.layers)):
         model.set_layer(index, zero_skip=zero_skip)
     images, _ = bundled_samples()
@@ -185,13 +186,16 @@ def test_cli_backend_rtl(eltwise_build: Path, tmp_path: Path) -> None:
 
 
 def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
-    pool = encode(Op.POOL, cin=1, cout=1, ih=2, iw=2, oh=1, ow=1, kh=2, kw=2, sh=2, sw=2) + encode(Op.END)
-    with pytest.raises(RtlUnsupported, match="POOL"):
-        RtlDevice(_raw_case(pool).build)  # refused before any simulator starts
+    """Before anything runs, the runtime names the instruction and what of it the core lacks."""
     strided = encode(Op.CONV, cin=8, cout=4, ih=2, iw=2, oh=1, ow=1, kh=1, kw=1, sh=2, sw=2, groups=1)
     case = _raw_case(strided + encode(Op.END))
     arena = Emulator(case.build).new_arena(1)
     with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 0\).*larger than 1x1"):
+        RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
+    conv = encode(Op.CONV, layer=3, cin=8, cout=4, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, groups=1)
+    case = _raw_case(conv + encode(Op.END))
+    case.registers[3] = PrecisionRegs(mode=Mode.DRQ)
+    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*drq mode"):
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
 
 

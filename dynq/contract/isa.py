@@ -158,6 +158,9 @@ def geometry_error(ins: Instr) -> str | None:
     if (oh, ow) != (ins.oh, ins.ow) or min(oh, ow) < 1:
         return (f"output {ins.oh}x{ins.ow} is not the {ins.kh}x{ins.kw} window's over the {ins.ih}x{ins.iw} "
                 f"input ({oh}x{ow})")
+    if ins.op == Op.POOL and (max(ins.pt, ins.pb) >= ins.kh or max(ins.pl, ins.pr) >= ins.kw):
+        return (f"pooling padding (top {ins.pt}, left {ins.pl}, bottom {ins.pb}, right {ins.pr}) must be smaller "
+                f"than the {ins.kh}x{ins.kw} window, so that every window holds an input pixel")
     return None
 
 

@@ -23,7 +23,9 @@ A layer with one output pixel and a 1x1 kernel (a Gemm) is *reduction-split*: la
 (a term part takes at most two steps, which fits). Its drain adds the lanes of each column in an adder
 tree of log2(rows) stages.
 
-POOL uses the same passes with a block of channels on the columns (one value per tap, no term parts).
+POOL uses the same passes with a block of channels on the columns: per tap, one cycle per channel of the
+block, in which every lane folds its value into that channel's max or sum: `rows` comparator/adders
+rather than `rows x BLOCK`, for cycles that the line fill of typical pooling windows hides anyway.
 DRQ layers first run the region predictor over their input (`predictor_cycles`); DAQ layers first expand
 the region mask into a level per input pixel. The emulator computes these counters; the RTL's counters
 must equal them cycle for cycle.
@@ -281,14 +283,14 @@ def _split_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: C
 
 @cache
 def pool_cycles(channels: int, oh: int, ow: int, kh: int, kw: int, sw: int, rows: int) -> int:
-    """POOL: passes (block of BLOCK channels, oy, x tile), items = kernel rows; a tap is one cycle for every
-    lane and channel of the block (a comparator or adder per PE); the drain writes one channel per cycle."""
+    """POOL: passes (block of BLOCK channels, oy, x tile), items = kernel rows; a tap takes one cycle per
+    channel of the block (every lane folds in its value); the drain writes one channel per cycle."""
     blocks = _widths(channels, BLOCK)
     lanes = _widths(ow, rows)
     per_pass_channels = np.repeat(blocks, oh * len(lanes))
     reads = np.tile([line_reads(sw, kw, int(n), rows) for n in lanes], len(blocks) * oh)
     fill = np.repeat(per_pass_channels * reads, kh) + FILL_LATENCY
-    compute = torch.full((1, len(fill)), kw, dtype=torch.int64)
+    compute = torch.from_numpy(np.repeat(per_pass_channels, kh) * kw).view(1, -1)
     return LAYER_SETUP_CYCLES + int(_passes(compute, fill, kh, per_pass_channels + PIPE_CYCLES).sum())
 
 
