@@ -972,7 +972,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     insts.append(ram(clk, row_we, row_wa, pairs, row_ra, kept, cols * POOL_ROW_TILES))
     for i in range(half):
         insts.append(pool_pair(drain["y"], kept, out_signed, pair_max[i], pooled[i], i))
-    pooled_word = ConcatSignal(Signal(intbv(0)[8 * (rows - half):]), *reversed(pooled))
+    pooled_word = ConcatSignal(intbv(0)[8 * (rows - half):], *reversed(pooled))
 
     @always_comb
     def pool_row():

@@ -240,9 +240,9 @@ def test_predictor_pool_and_elementwise_cycles() -> None:
     assert timing.eltwise_cycles(33, rows=16, operands=1) == SETUP + 3 + PIPE
     assert timing.eltwise_cycles(33, rows=16, operands=2) == SETUP + 6 + PIPE
     # 2 channels, 3x3 output of 2x2 windows at stride 2 on 4 lanes: 3 passes (rows) of 2 items (kernel rows);
-    # 3 lanes span 2*2 + 2 = 6 bytes = 2 windows per channel; a tap is one cycle; drain 2 + PIPE
-    fill, drain = 2 * 2 + LAT, 2 + PIPE
-    passes = [max(2, fill) + max(2, fill)] * 2 + [max(2, fill) + 2]
+    # 3 lanes span 2*2 + 2 = 6 bytes = 2 windows per channel; a tap is a cycle per channel; drain 2 + PIPE
+    fill, compute, drain = 2 * 2 + LAT, 2 * 2, 2 + PIPE
+    passes = [max(compute, fill) + max(compute, fill)] * 2 + [max(compute, fill) + compute]
     assert timing.pool_cycles(2, 3, 3, 2, 2, 2, rows=4) == (
         SETUP + fill + passes[0] + max(passes[1], drain) + max(passes[2], drain) + drain)
 
