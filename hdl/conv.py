@@ -11,7 +11,7 @@ the drain, which requantizes one output channel a cycle while the next pass accu
 
 from __future__ import annotations
 
-from myhdl import ConcatSignal, Signal, always, always_comb, block, enum, intbv, modbv
+from myhdl import ConcatSignal, Signal, always, always_comb, block, concat, enum, intbv, modbv
 
 from dynq.contract import numerics as nx
 from dynq.contract import timing
@@ -231,6 +231,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     fi_valid = Signal(bool(0))
     # ---- the compute item ----------------------------------------------------------------------------
     ci_valid, ci_last = Signal(bool(0)), Signal(bool(0))
+    ci_first = Signal(bool(0))  # the compute item is its pass's first
     ci_gi, ci_ct, ci_oy, ci_xt = reg(16), reg(16), reg(16), reg(16)
     ci_nch, ci_lanes = reg(5), reg(rb + 1)
     # ---- line registers ------------------------------------------------------------------------------
@@ -781,6 +782,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 # the fill item becomes the compute item
                 ci_valid.next = fi_valid
                 ci_last.next = fi_a + 1 == kh and fi_m + 1 == blocks
+                ci_first.next = fi_a == 0 and fi_m == 0
                 ci_gi.next = fi_gi
                 ci_ct.next = fi_ct
                 ci_oy.next = fi_oy
@@ -1000,19 +1002,29 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     insts.append(adder_tree(clk, picks, tree_sum))
 
     # POOL: per lane, a comparator/adder over its BLOCK slot accumulators, one slot (channel) a cycle
-    pool_upd, pool_k = Signal(bool(0)), reg(bb)
+    pool_upd, pool_first, pool_k = Signal(bool(0)), Signal(bool(0)), reg(bb)
+    pool_bank, drain_bank = Signal(bool(0)), Signal(bool(0))
     pool_sums = [signed(POOL_ACC_BITS) for _ in range(rows)]
 
     @always_comb
     def pool_control():
         pool_upd.next = pool_op and c_busy
+        pool_first.next = ci_first and tap_b == 0
         pool_k.next = dr_k[bb:]
 
-    insts.append(pool_control)
+    @always(clk.posedge)
+    def pool_banks():
+        # a pass accumulates in one bank; its drain reads it while the next pass uses the other
+        if start_drain:
+            drain_bank.next = pool_bank
+        if pe_reset:
+            pool_bank.next = not pool_bank
+
+    insts += [pool_control, pool_banks]
     for j in range(rows):
         vals = ConcatSignal(*reversed(lane_vals[j]))
-        insts.append(pool_lane(clk, vals, eff_u, s0_signed, pool_max, pool_upd, pe_reset, start_drain, pool_k,
-                               pool_sums[j]))
+        insts.append(pool_lane(clk, vals, eff_u, s0_signed, pool_max, pool_upd, pool_first, pool_bank, drain_bank,
+                               pool_k, pool_sums[j]))
         insts.append(lane_sum(split, pool_op, tree_sum if j == 0 else picks[j], picks[j], pool_sums[j], acc_sel[j]))
 
     @always(clk.posedge)
@@ -1396,22 +1408,30 @@ def lane_sum(split, pool_op, split_sum, pick, pool_sum, out):
 
 
 @block
-def pool_lane(clk, vals, u, signed_in, is_max, active, reset, capture, k, out):
-    """POOL for one lane: BLOCK accumulators (one per channel of the block), of which slot u takes this
-    cycle's value (its max, or its sum); `reset` starts a pass (max from below any value, sum from 0),
-    `capture` keeps the pass's results for the drain, which reads slot k (registered into `out`)."""
-    accs = [signed(POOL_ACC_BITS) for _ in range(BLOCK)]
-    kept = [signed(POOL_ACC_BITS) for _ in range(BLOCK)]
+def pool_lane(clk, vals, u, signed_in, is_max, active, first, bank, drain_bank, k, out):
+    """POOL for one lane: 2 x BLOCK accumulators in a small RAM (distributed RAM after synthesis), a bank
+    per pass so that the drain reads one pass's results (slot k of `drain_bank`, registered into `out`)
+    while the next pass accumulates in the other. Slot u of `bank` takes this cycle's value: its max, or its
+    sum; the first tap of a pass's first item writes the value itself, so no bank is ever cleared."""
+    mem = [signed(POOL_ACC_BITS) for _ in range(2 * BLOCK)]
     new = signed(POOL_ACC_BITS)
-    floor = -(1 << 8)
+    wi, ri = Signal(intbv(0)[4:]), Signal(intbv(0)[4:])
+    assert BLOCK == 8, "a bank is addressed by a 3-bit slot"
+
+    @always_comb
+    def index():
+        wi.next = concat(bank, u[3:])
+        ri.next = concat(drain_bank, k[3:])
 
     @always_comb
     def combine():
         v = int((vals >> (8 * int(u))) & 0xFF)
         if signed_in and v >= 128:
             v = v - 256
-        a = int(accs[u])
-        if is_max:
+        a = int(mem[wi])
+        if first:
+            new.next = v
+        elif is_max:
             if v > a:
                 new.next = v
             else:
@@ -1421,19 +1441,8 @@ def pool_lane(clk, vals, u, signed_in, is_max, active, reset, capture, k, out):
 
     @always(clk.posedge)
     def update():
-        for t in range(BLOCK):
-            if capture:
-                if active and u == t:
-                    kept[t].next = new
-                else:
-                    kept[t].next = accs[t]
-            if reset:
-                if is_max:
-                    accs[t].next = floor
-                else:
-                    accs[t].next = 0
-            elif active and u == t:
-                accs[t].next = new
-        out.next = kept[k]
+        if active:
+            mem[wi].next = new
+        out.next = mem[ri]
 
-    return combine, update
+    return index, combine, update
