@@ -16,7 +16,7 @@ from dynq.boards import Arch
 from dynq.compiler.graph import CompileError, Graph, Node
 from dynq.compiler.passes import QuantInfo, clip_bounds
 from dynq.contract import MAX_LAYERS, Op, encode, layout, timing
-from dynq.contract.isa import EncodeError
+from dynq.contract.isa import EncodeError, pool_padding_error
 from dynq.contract.numerics import ACC_BITS, WEIGHT_MAX, accumulator_bound, quantize_multiplier, value_range
 
 DEVICE_OPS = {"Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Relu", "Clip", "Concat",
@@ -268,8 +268,8 @@ class Lowerer:
             if node.op == "AveragePool" and any(pads) and not node.attr("count_include_pad", 0):
                 raise CompileError(f"{self.source}: {node.name}: AveragePool with padding needs "
                                    "count_include_pad=1 on the overlay")
-        if max(pads[0], pads[2]) >= k[0] or max(pads[1], pads[3]) >= k[1]:
-            raise CompileError(f"{self.source}: {node.name}: pooling pads {pads} must be smaller than the kernel {k}")
+        if reason := pool_padding_error(k[0], k[1], *pads):
+            raise CompileError(f"{self.source}: {node.name}: {reason}")
         is_max = node.op == "MaxPool"
         if is_max:  # max pooling is exact: the output keeps the input's scale
             out, (mult, shift) = self.new_tensor(node.outputs[0], like=x), (0, 0)

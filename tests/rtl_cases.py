@@ -13,6 +13,7 @@ import numpy as np
 
 from dynq.boards import Board
 from dynq.contract import Op, PrecisionRegs, encode, layout, timing
+from dynq.contract import numerics as nx
 from dynq.contract.array import window_limits
 from dynq.contract.registers import MAX_LAYERS
 from dynq.runtime.artifacts import Build
@@ -58,7 +59,7 @@ def eltwise_case(board: Board, rng: random.Random, index: int) -> Case:
     operands = 2 if op == Op.ADD else 1
     offsets = _regions(rng, [elems] * (operands + 1), ARENA_BYTES)
     out_signed = rng.random() < 0.5
-    lo, hi = (-128, 127) if out_signed else (0, 255)
+    lo, hi = nx.value_range(out_signed)
     clip_lo = rng.randint(lo, lo + 20) if rng.random() < 0.3 else lo
     clip_hi = rng.randint(hi - 20, hi) if rng.random() < 0.3 else hi
     shift = rng.choice([0, 1, 7, 12, 15, 20, 31, 47, 60])
@@ -89,7 +90,7 @@ def pool_case(board: Board, rng: random.Random, index: int) -> Case:
             break
     average = rng.random() < 0.5
     s0_signed, out_signed = rng.random() < 0.5, rng.random() < 0.5
-    lo, hi = (-128, 127) if out_signed else (0, 255)
+    lo, hi = nx.value_range(out_signed)
     offsets = _regions(rng, sizes, ARENA_BYTES)
     fields = dict(layer=rng.randrange(MAX_LAYERS), s0_signed=int(s0_signed), out_signed=int(out_signed),
                   aux=int(average), src0=offsets[0], dst=offsets[1], cin=cin, cout=cin, ih=ih, iw=iw, oh=oh, ow=ow,

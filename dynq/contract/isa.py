@@ -158,9 +158,17 @@ def geometry_error(ins: Instr) -> str | None:
     if (oh, ow) != (ins.oh, ins.ow) or min(oh, ow) < 1:
         return (f"output {ins.oh}x{ins.ow} is not the {ins.kh}x{ins.kw} window's over the {ins.ih}x{ins.iw} "
                 f"input ({oh}x{ow})")
-    if ins.op == Op.POOL and (max(ins.pt, ins.pb) >= ins.kh or max(ins.pl, ins.pr) >= ins.kw):
-        return (f"pooling padding (top {ins.pt}, left {ins.pl}, bottom {ins.pb}, right {ins.pr}) must be smaller "
-                f"than the {ins.kh}x{ins.kw} window, so that every window holds an input pixel")
+    if ins.op == Op.POOL:
+        return pool_padding_error(ins.kh, ins.kw, ins.pt, ins.pl, ins.pb, ins.pr)
+    return None
+
+
+def pool_padding_error(kh: int, kw: int, pt: int, pl: int, pb: int, pr: int) -> str | None:
+    """Why this padding is not allowed around a kh x kw pooling window, or None: padding must be smaller
+    than the window, so that every window holds an input pixel."""
+    if max(pt, pb) >= kh or max(pl, pr) >= kw:
+        return (f"pooling padding (top {pt}, left {pl}, bottom {pb}, right {pr}) must be smaller than the "
+                f"{kh}x{kw} window, so that every window holds an input pixel")
     return None
 
 
