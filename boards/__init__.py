@@ -14,7 +14,7 @@ from typing import Any
 import tomllib
 
 from dynq.contract import CONTRACT_VERSION
-from dynq.contract.array import BLOCK, is_pow2
+from dynq.contract.array import BLOCK, REGION_MAX, is_pow2
 from dynq.contract.artifacts import fingerprint
 from dynq.errors import DynqError
 
@@ -69,7 +69,8 @@ def load(name: str) -> Board:
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise BoardError(f"board file {name}.toml is malformed: {exc}") from exc
     rows = board.arch.rows
-    if not is_pow2(rows) or rows < 2 * BLOCK:
-        raise BoardError(f"board file {name}.toml: rows={rows} must be a power of two of at least {2 * BLOCK} "
-                         "(a reduction-split chunk takes rows/BLOCK >= 2 weight words)")
+    least = max(2 * BLOCK, REGION_MAX)
+    if not is_pow2(rows) or rows < least:
+        raise BoardError(f"board file {name}.toml: rows={rows} must be a power of two of at least {least} "
+                         "(a reduction-split chunk takes rows/BLOCK >= 2 weight words; a window covers a DRQ region)")
     return board

@@ -19,7 +19,7 @@ from dynq.compiler import calibrate, passes, policy
 from dynq.compiler.graph import CompileError, Graph, Node, import_model, load
 from dynq.compiler.lower import DEVICE_OPS, HostPartition, Lowered, Lowerer
 from dynq.contract import CONTRACT_VERSION, Instr, Mode, Op, PrecisionRegs, decode_program
-from dynq.contract.array import window_limits
+from dynq.contract.array import predictor_limits, window_limits
 from dynq.contract.artifacts import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -192,7 +192,8 @@ def _host_partition(g: Graph, low: Lowerer, nodes: list[Node], ranges: dict, sou
 def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, Any],
              arch: boards.Arch) -> dict[str, list[dict]]:
     """Register values per mode; DRQ thresholds and SDP K are calibrated on the layer's quantized input, and a
-    dynamic mode that would not save cycles on it falls back to int8 with zero-part skipping."""
+    dynamic mode that would not save cycles on it (or DRQ over an input wider than the region predictor's
+    band) falls back to int8 with zero-part skipping."""
     convs = _conv_instructions(lowered)
     presets: dict[str, list[dict]] = {}
     for preset in policy.MODES:
@@ -207,7 +208,12 @@ def _presets(lowered: Lowered, samples: dict[str, np.ndarray], pol: dict[str, An
             if sample is not None and s["mode"] == "sdp":
                 k = policy.sdp_k(sample, s, layer.groups)
             chosen = policy.to_registers(s, threshold, k)
-            if sample is not None and s["mode"] in ("drq", "sdp") and not policy.mode_forced(layer.name, pol):
+            wide = s["mode"] == "drq" and sample is not None and predictor_limits(sample.shape[-1], arch.rows)
+            if wide and policy.mode_forced(layer.name, pol):
+                raise CompileError(f"layer {layer.name}: {wide}")
+            if wide:
+                chosen = replace(chosen, mode=Mode.INT8, zero_skip=True)
+            elif sample is not None and s["mode"] in ("drq", "sdp") and not policy.mode_forced(layer.name, pol):
                 chosen = _cheaper(chosen, sample[:COST_IMAGES], convs[layer.index], arch)
             regs.append(chosen.to_words())
         presets[preset] = regs

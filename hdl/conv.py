@@ -15,10 +15,11 @@ from myhdl import ConcatSignal, Signal, always, always_comb, block, concat, enum
 
 from dynq.contract import numerics as nx
 from dynq.contract import timing
-from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES
+from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, log2
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
-from dynq.hdl.memories import ram
+from dynq.hdl.memories import ram, window_ram
+from dynq.hdl.predictor import region_predictor
 
 PE_ACC_BITS = nx.ACC_BITS
 """The PEs' accumulators: the compiler proves every layer's sums fit (`numerics.accumulator_bound`)."""
@@ -32,11 +33,6 @@ DRAIN_READ_LATENCY = 1
 assert MAG_BITS == 4, "the PE reads a part as two radix-4 digits"
 assert DRAIN_READ_LATENCY + 3 == timing.PIPE_CYCLES, "drain: parameter read + three requantizer stages"
 assert timing.FILL_LATENCY == 1, "a fill's last window lands one cycle after its read"
-
-
-def log2(n: int) -> int:
-    assert n > 0 and n & (n - 1) == 0, f"{n} is not a power of two"
-    return n.bit_length() - 1
 
 
 def acc_signal() -> Signal:
@@ -153,14 +149,19 @@ def pe_ports() -> dict[str, Signal]:
 
 @block
 def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar_addr, ar_data, aw_en, aw_addr,
-                aw_mask, wa_addr, wa_data, wb_addr, wb_data, drain, last, n_compute, n_stall, n_steps):
+                aw_mask, wa_addr, wa_data, wb_addr, wb_data, drain, last, n_compute, n_stall, n_steps, n_sensitive,
+                n_regions):
     """`start` (one cycle) latches the instruction fields `f` (a dict of signals, valid in that cycle).
     Arena: read port (`ar_addr` -> `ar_data` a cycle later), write port (its data comes from the requantizer
     lanes). Weight memory: port A for weights, port B for the per-channel records. `drain` (a dict) feeds the
     core's requantizer lanes: `acc` (a sum per lane), `bias` and `mult` for their first stage, `rnd` and
     `shift` in the cycles of their second and third. `last` marks the layer's final busy cycle (its last
     output write); then `n_compute`, `n_stall` and `n_steps` hold the layer's compute_cycles, stall_cycles
-    and mac_steps."""
+    and mac_steps, `n_sensitive` and `n_regions` the DRQ predictor's region counts.
+
+    A DRQ layer (`f["drq"]`) first runs the region predictor over its input; the line fill then reads each
+    pixel's flag from the flag plane beside it, and an insensitive pixel enters the line as its 4-bit value
+    (`numerics.insensitive`) with a `low` bit that makes it one step (one term part) for its lane."""
     line_bytes = LINE_WINDOWS * rows
     f_cin_g = f["cin_g"]
     f_cout_g = f["cout_g"]
@@ -190,6 +191,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     f_cin = f["cin"]
     f_mult0 = f["mult0"]
     f_shift0 = f["shift0"]
+    f_drq = f["drq"]
+    f_insens_hi = f["insens_hi"]
+    f_rh, f_lrh = f["rh"], f["lrh"]
     wbytes = word_bytes(cols)
     records = wbytes // PARAM_BYTES
     rb, wbb = log2(rows), log2(wbytes)
@@ -215,6 +219,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     ih, iw, oh, ow = reg(16), reg(16), reg(16), reg(16)
     kh, kw, sh, sw, pt, pl = reg(8), reg(8), reg(4), reg(4), reg(4), reg(4)
     s0_signed, zero_skip = Signal(bool(0)), Signal(bool(0))
+    drq, insens_hi = Signal(bool(0)), Signal(bool(0))  # DRQ: insensitive pixels by their high or low part
+    fplane = reg(33)  # flag plane: bits per channel (region rows x input width)
+    lrh = reg(len(f_lrh))
     split = Signal(bool(0))  # the reduction-split mapping: lane j takes input channel chunk * rows + j
     item_words, m_shift = reg(8), reg(3)  # weight words per item; log2 of the channels per item (block or chunk)
     plane_in, plane_out = reg(33), reg(33)
@@ -236,24 +243,27 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     ci_nch, ci_lanes = reg(5), reg(rb + 1)
     # ---- line registers ------------------------------------------------------------------------------
     line_a = [Signal(intbv(0)[8 * line_bytes:]) for _ in range(BLOCK)]
+    low_a = [Signal(intbv(0)[line_bytes:]) for _ in range(BLOCK)]  # a DRQ-insensitive (one-step) byte
     take_b, shift_a = Signal(bool(0)), Signal(bool(0))
     cap_en = Signal(bool(0))
     slot_bits, window_bits = log2(BLOCK), log2(LINE_WINDOWS)
     cap_t, cap_r = reg(slot_bits), reg(window_bits)
     cap_data = Signal(intbv(0)[8 * rows:])
+    cap_low = Signal(intbv(0)[rows:])
     # ---- fill unit -----------------------------------------------------------------------------------
     fl_busy = Signal(bool(0))
     fl_t, fl_r, fl_nch, fl_reads = reg(slot_bits + 1), reg(window_bits + 1), reg(5), reg(window_bits + 1)
     fl_row = reg(34)  # arena address of read 0 of the current slot (may be out of range: masked)
+    fl_frow = reg(34)  # its flag-plane address
     fl_x0 = reg(18, True)  # input column of line byte 0
     fl_row_ok = Signal(bool(0))
     cap_row_ok = Signal(bool(0))
     # a split item's first reads (its channels' window and weight word 0), issued as the previous phase ends
     sp_issue = Signal(bool(0))
-    sp_row, sp_word = reg(34), reg(34)
+    sp_row, sp_word, sp_frow = reg(34), reg(34), reg(34)
     sp_lanes = reg(rb + 1)
     # ---- sequencer -----------------------------------------------------------------------------------
-    st_t = enum("IDLE", "RUN", "TAIL")
+    st_t = enum("IDLE", "PRED", "RUN", "TAIL")
     state = Signal(st_t.IDLE)
     c_busy = Signal(bool(0))  # the compute item still has taps to run
     tap_b = reg(8)
@@ -271,6 +281,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     unit_cost = [reg(2) for _ in range(BLOCK)]
     lane_steps = [[reg(2) for _ in range(BLOCK)] for _ in range(rows)]
     lane_vals = [[reg(8) for _ in range(BLOCK)] for _ in range(rows)]
+    lane_low = [[Signal(bool(0)) for _ in range(BLOCK)] for _ in range(rows)]
     # ---- drain unit ----------------------------------------------------------------------------------
     dr_busy = Signal(bool(0))
     dr_k, dr_ncols = reg(16), reg(16)
@@ -332,17 +343,42 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     for j in range(rows):
         for t in range(BLOCK):
             insts.append(lane_value(line_a[t], sw, lane_vals[j][t], j))
-            insts.append(steps_of_lane(lane_vals[j][t], s0_signed, zero_skip, ci_lanes, ci_nch, lane_steps[j][t],
-                                     j, t))
-        insts.append(part_of_lane(lane_vals[j], lane_steps[j], eff_u, s_cur, s0_signed, zero_skip, any_unit,
-                                  lane_mag[j], lane_neg[j], lane_hi[j], lane_en[j], lane_n[j]))
+            insts.append(lane_value(low_a[t], sw, lane_low[j][t], j))
+            insts.append(steps_of_lane(lane_vals[j][t], lane_low[j][t], s0_signed, zero_skip, ci_lanes, ci_nch,
+                                       lane_steps[j][t], j, t))
+        insts.append(part_of_lane(lane_vals[j], lane_low[j], lane_steps[j], eff_u, s_cur, s0_signed, insens_hi,
+                                  zero_skip, any_unit, lane_mag[j], lane_neg[j], lane_hi[j], lane_en[j], lane_n[j]))
 
     for t in range(BLOCK):
         insts.append(cost_of_unit([lane_steps[j][t] for j in range(rows)], unit_cost[t]))
 
+    # ---- DRQ: the region predictor and the flag plane it writes ----------------------------------------
+    pr_go, pr_finish = Signal(bool(0)), Signal(bool(0))
+    pr_addr = Signal(modbv(0)[abw:])
+    fw_en = Signal(bool(0))
+    fw_addr, flag_ra = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
+    fw_bits, fw_mask, flag_rd = Signal(intbv(0)[rows:]), Signal(intbv(0)[rows:]), Signal(intbv(0)[rows:])
+    pr_sensitive, pr_regions = reg(32), reg(32)
+    insts.append(region_predictor(rows, abw, clk, rst, pr_go, f, pr_addr, ar_data, pr_finish, fw_en,
+                                  fw_addr, fw_bits, fw_mask, pr_sensitive, pr_regions))
+    insts.append(window_ram(clk, flag_ra, flag_rd, fw_en, fw_addr, fw_bits, fw_mask, rows, (1 << abw) // rows))
+
+    @always_comb
+    def predictor_go():
+        pr_go.next = start and state == st_t.IDLE and f_drq
+        if drq:
+            n_sensitive.next = pr_sensitive
+            n_regions.next = pr_regions
+        else:
+            n_sensitive.next = 0
+            n_regions.next = 0
+
+    insts.append(predictor_go)
+
     # ---- line register updates -----------------------------------------------------------------------
     for t in range(BLOCK):
         insts.append(line_slot(clk, line_a[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t))
+        insts.append(line_slot(clk, low_a[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_low, t, 1))
 
     # fill capture: the window's bytes [cap_lo, cap_hi) lie inside the input row, the others are padding
     read_x0 = reg(18, True)
@@ -380,6 +416,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             cap_hi.next = hi
 
     cap_bytes = [reg(8) for _ in range(rows)]
+    cap_lows = [Signal(bool(0)) for _ in range(rows)]
     pad_byte = reg(8)  # padding: 0, or for max pooling the smallest value, so that it never wins
 
     @always_comb
@@ -391,25 +428,34 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     insts.append(padding_value)
     for i in range(rows):
-        insts.append(padding_mask(ar_data(8 * i + 8, 8 * i), cap_lo, cap_hi, cap_row_ok, pad_byte, cap_bytes[i], i))
+        insts.append(capture_byte(ar_data(8 * i + 8, 8 * i), flag_rd(i), cap_lo, cap_hi, cap_row_ok, pad_byte, drq,
+                                  s0_signed, insens_hi, cap_bytes[i], cap_lows[i], i))
     masked = ConcatSignal(*reversed(cap_bytes))
+    lows = ConcatSignal(*reversed(cap_lows))
 
     @always_comb
     def capture_mask():
         cap_data.next = masked
+        cap_low.next = lows
 
-    fill_at = Signal(modbv(0)[abw:])
+    fill_at, flag_at = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
 
     @always_comb
     def fill_address():
         fill_at.next = fl_row + (fl_r << rb)
+        flag_at.next = fl_frow + (fl_r << rb)
 
     @always_comb
     def fill_port():
-        if sp_issue:
+        if state == st_t.PRED and not pr_finish:
+            ar_addr.next = pr_addr
+            flag_ra.next = flag_at
+        elif sp_issue:
             ar_addr.next = sp_row[abw:]
+            flag_ra.next = sp_frow[abw:]
         else:
             ar_addr.next = fill_at
+            flag_ra.next = flag_at
 
     insts += [read_column, fill_capture, capture_mask, fill_address, fill_port]
 
@@ -525,7 +571,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     nx_valid = Signal(bool(0))
     nx_word, nx_tile = reg(34), reg(34)
     nx_nch, nx_reads = reg(5), reg(3)
-    nx_row, nx_x0 = reg(34, True), reg(18, True)
+    nx_row, nx_x0, nx_frow = reg(34, True), reg(18, True), reg(34, True)
     nx_row_ok = Signal(bool(0))
 
     @always_comb
@@ -598,6 +644,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         nx_row_ok.next = iy >= 0 and iy < ih
         c0 = int(nx_gi) * int(cin_g) + (int(nx_m) << int(m_shift))
         nx_row.next = int(src0) + c0 * int(plane_in) + iy * int(iw) + x0
+        nx_frow.next = c0 * int(fplane) + (iy >> int(lrh)) * int(iw) + x0
 
     @always_comb
     def split_issue():
@@ -606,14 +653,25 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         if n > rows:
             n = rows
         if state == st_t.IDLE:
-            sp_issue.next = start and f_split
+            sp_issue.next = start and f_split and not f_drq
             sp_row.next = f_src0
             sp_word.next = f_src1 >> wbb
+            sp_frow.next = 0
+            sp_lanes.next = n
+        elif state == st_t.PRED:
+            sp_issue.next = split and pr_finish
+            sp_row.next = src0
+            sp_word.next = fi_word
+            sp_frow.next = 0
+            n = int(cin_g)
+            if n > rows:
+                n = rows
             sp_lanes.next = n
         else:
             sp_issue.next = split and phase_end and fi_valid and nx_valid
             sp_row.next = nx_row
             sp_word.next = nx_word
+            sp_frow.next = nx_frow
             sp_lanes.next = nx_lanes
 
     @always(clk.posedge)
@@ -671,6 +729,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 pl.next = f_pl
                 s0_signed.next = f_s0_signed
                 zero_skip.next = f_zero_skip
+                drq.next = f_drq
+                insens_hi.next = f_insens_hi
+                lrh.next = f_lrh
+                fplane.next = ((int(f_ih) + int(f_rh) - 1) >> int(f_lrh)) * int(f_iw)
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
                 pool.next = f_aux == 1 and not f_pool
@@ -691,7 +753,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 row_pool.next = f_ow >> 1
                 col_tiles.next = f_col_tiles
                 xtiles.next = (int(f_ow) + rows - 1) >> rb
-                state.next = st_t.RUN
+                if f_drq:  # the predictor runs first; the fill starts as it finishes
+                    state.next = st_t.PRED
+                else:
+                    state.next = st_t.RUN
                 # phase 0 fills item 0 and computes nothing
                 fi_gi.next = 0
                 fi_ct.next = 0
@@ -715,9 +780,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 lanes0 = int(f_ow)
                 if lanes0 > rows:
                     lanes0 = rows
-                fl_busy.next = 1
+                fl_busy.next = not f_drq
                 fl_t.next = 0
-                if f_split:  # read 0 is issued in this cycle (split_issue)
+                if f_split:  # read 0 is issued in this cycle, or as the predictor finishes (split_issue)
                     fl_r.next = 1
                     fl_nch.next = 1
                     fl_reads.next = words
@@ -728,6 +793,11 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 fl_x0.next = -int(f_pl)
                 fl_row_ok.next = int(f_pt) == 0
                 fl_row.next = int(f_src0) - int(f_pt) * int(f_iw) - int(f_pl)
+                fl_frow.next = -int(f_pl)  # row 0's flags (a padding row reads none)
+        elif state == st_t.PRED:
+            if pr_finish:
+                state.next = st_t.RUN
+                fl_busy.next = 1
         elif state == st_t.RUN:
             # fill unit: one window read a cycle
             if fl_busy:
@@ -738,6 +808,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     if fl_t + 1 < fl_nch:
                         fl_t.next = fl_t + 1
                         fl_row.next = fl_row + plane_in
+                        fl_frow.next = fl_frow + fplane
                     else:
                         fl_busy.next = 0
             # tap sequencer
@@ -827,6 +898,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                     fl_x0.next = nx_x0
                     fl_row_ok.next = nx_row_ok
                     fl_row.next = nx_row
+                    fl_frow.next = nx_frow
                 if not fi_valid:
                     state.next = st_t.TAIL
         elif state == st_t.TAIL:
@@ -1117,17 +1189,43 @@ column_pick.vhdl_code = ("process ($clk) begin if rising_edge($clk) then $out <=
 
 
 @block
-def padding_mask(byte, lo, hi, row_ok, pad, out, i: int):
-    """Byte i of a fill window, or `pad` where it lies outside the input row (padding): outside [lo, hi)."""
-
+def capture_byte(byte, flag, lo, hi, row_ok, pad, drq, signed_in, use_hi, out, low, i: int):
+    """Byte i of a fill window as the line takes it: `pad` where it lies outside the input row (outside
+    [lo, hi)), else the pixel; in a DRQ layer a pixel whose region is not sensitive (`flag` clear) becomes
+    its 4-bit value (`numerics.insensitive`: the high part rounded with `use_hi`, else the magnitude
+    saturated to 15) and `low` marks it one step. Padding is one step in DRQ, two in int8, as the
+    contract's `pad_cost` says."""
     @always_comb
-    def keep():
-        if row_ok and i >= lo and i < hi:
-            out.next = byte
-        else:
+    def take():
+        q = 0
+        v = int(byte)
+        if signed_in and v >= 128:
+            v = v - 256
+        if not (row_ok and i >= lo and i < hi):
             out.next = pad
+            low.next = drq
+        elif drq and not flag:
+            q = v
+            if use_hi:
+                q = (v + 8) >> 4
+                if signed_in and q > 7:
+                    q = 7
+                if not signed_in and q > 15:
+                    q = 15
+                q = q * 16
+            elif q > 15:
+                q = 15
+            elif q < -15:
+                q = -15
+            if q < 0:
+                q = q + 256
+            out.next = q
+            low.next = True
+        else:
+            out.next = byte
+            low.next = False
 
-    return keep
+    return take
 
 
 @block
@@ -1153,28 +1251,35 @@ def column_weight(word, u, w1, w3, k: int, cols: int):
 
 @block
 def lane_value(line, stride, value, j: int):
-    """Lane j's byte of a line: position stride * j (the line shifts one byte per tap), stride 1..MAX_STRIDE."""
+    """Lane j's unit (a byte, or a byte's `low` bit) of a line: position stride * j (the line shifts one unit
+    per tap), stride 1..MAX_STRIDE."""
+    unit = len(value)
+
+    def at_position(p: int):  # a bit is taken by index: the converter mangles one-bit slices
+        return line(p) if unit == 1 else line(unit * p + unit, unit * p)
+
     if j == 0:
-        first = line(8, 0)
+        first = at_position(0)
 
         @always_comb
         def at_zero():
             value.next = first
 
         return at_zero
-    at = ConcatSignal(*reversed([line(8 * s * j + 8, 8 * s * j) for s in range(1, MAX_STRIDE + 1)]))
+    at = ConcatSignal(*reversed([at_position(s * j) for s in range(1, MAX_STRIDE + 1)]))
+    mask = (1 << unit) - 1
 
     @always_comb
     def pick():
-        value.next = (at >> (8 * (int(stride) - 1))) & 0xFF
+        value.next = (at >> (unit * (int(stride) - 1))) & mask
 
     return pick
 
 
 @block
-def steps_of_lane(value, signed, zero_skip, lanes, nch, steps, j: int, t: int):
-    """Steps of lane j in unit t: 2 parts, or with zero-part skipping its non-zero parts; 0 for lanes past
-    the row's end and slots past the block's channels."""
+def steps_of_lane(value, low, signed, zero_skip, lanes, nch, steps, j: int, t: int):
+    """Steps of lane j in unit t: 2 parts (1 for a `low` byte), or with zero-part skipping its non-zero
+    parts; 0 for lanes past the row's end and slots past the block's channels."""
 
     @always_comb
     def count():
@@ -1184,7 +1289,11 @@ def steps_of_lane(value, signed, zero_skip, lanes, nch, steps, j: int, t: int):
             hi = (v - 256) >> 4
         lo = v & 15
         n = 2
-        if zero_skip:
+        if low:
+            n = 1
+            if zero_skip and v == 0:
+                n = 0
+        elif zero_skip:
             n = int(hi != 0) + int(lo != 0)
         if j >= lanes or t >= nch:
             n = 0
@@ -1212,25 +1321,33 @@ def cost_of_unit(steps, cost):
 
 
 @block
-def part_of_lane(values, steps, u, s, signed_in, zero_skip, active, mag, neg, hi_out, en, n_out):
+def part_of_lane(values, lows, steps, u, s, signed_in, use_hi, zero_skip, active, mag, neg, hi_out, en, n_out):
     """The term part lane j multiplies this cycle: step s of unit u (high part first; with zero-part
-    skipping the first non-zero part first), as a magnitude and sign; magnitude 0 when the lane idles."""
+    skipping the first non-zero part first), as a magnitude and sign; magnitude 0 when the lane idles. A
+    `low` byte is one part: its high part (`use_hi`, the value is 16 * part) or the value itself (|v| <= 15)."""
     vals = ConcatSignal(*reversed(values))
+    low_bits = ConcatSignal(*reversed(lows))
     stps = ConcatSignal(*reversed(steps))
 
     @always_comb
     def choose():
         v = int((vals >> (8 * int(u))) & 0xFF)
         n = int((stps >> (2 * int(u))) & 3)
-        h = v >> 4
+        x = v
         if signed_in and v >= 128:
-            h = (v - 256) >> 4
+            x = v - 256
+        h = x >> 4
         lo = v & 15
         take_hi = s == 0
         if zero_skip and h == 0:
             take_hi = False
         part = lo
-        if take_hi:
+        if (low_bits >> int(u)) & 1:
+            take_hi = use_hi == 1
+            part = x
+            if use_hi:
+                part = h
+        elif take_hi:
             part = h
         on = active and s < n
         if not on:
@@ -1249,9 +1366,9 @@ def part_of_lane(values, steps, u, s, signed_in, zero_skip, active, mag, neg, hi
 
 
 @block
-def line_slot(clk, a, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int):
+def line_slot(clk, a, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int, unit: int = 8):
     """Line slot t: set B receives the fill's windows (LINE_WINDOWS of them); A takes B at a phase end (with a
-    window landing in that cycle) and shifts a byte per tap."""
+    window landing in that cycle) and shifts a unit (a byte, or its `low` bit) per tap."""
     width = len(cap_data)
     windows = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
     merged = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
@@ -1264,7 +1381,7 @@ def line_slot(clk, a, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int):
         if take_b:
             a.next = whole
         elif shift_a:
-            a.next = a >> 8
+            a.next = a >> unit
 
     return insts, update
 

@@ -17,13 +17,14 @@ from myhdl import ConcatSignal, ResetSignal, Signal, always, always_comb, block,
 from dynq.boards import Board
 from dynq.contract import CONTRACT_VERSION, ErrorCode, Instr, Memory, Mode, Op, PrecisionRegs, timing
 from dynq.contract import registers as rg
-from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES
+from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, REGION_MAX, REGION_ROW_TILES, log2
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
 from dynq.hdl.conv import PE_ACC_BITS, conv_engine
 from dynq.hdl.lanes import ACC_BITS, MULT_BITS, SHIFT_SAT, requant_lane, signed, signed_acc
 from dynq.hdl.memories import ram, ram_bytes, ram_dual_bytes, window_ram
+from dynq.hdl.predictor import REGION_BITS, REGION_LOG_MAX
 
 
 def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
@@ -32,13 +33,17 @@ def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
     if ins.op != Op.CONV:
         return None
     geom = timing.conv_geometry(ins)
-    if reg.mode != Mode.INT8:
+    if reg.mode not in RTL_MODES:
         return f"CONV in {reg.mode.name.lower()} mode"
     if timing.reduction_split(geom) and ins.ih * ins.iw > 1:
         return "single-pixel CONV over an input larger than 1x1"
     if timing.packing(geom, cols) > 1:
         return "CONV with passes side by side (grouped, depthwise or few output channels)"
     return None
+
+
+RTL_MODES = (Mode.INT8, Mode.DRQ)
+"""Precision modes the core runs a CONV in; the others stop with BAD_OPCODE."""
 FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
 """Instruction words the core reads; the rest of the record is reserved."""
 FETCH_PAIRS = -(-FETCH_WORDS // 2)
@@ -48,11 +53,6 @@ BEAT = rg.XFER_ALIGN
 """Bytes per stream beat; the instruction and weight memories' words are one beat wide."""
 EXEC_READ_LATENCY = 1
 assert EXEC_READ_LATENCY + 3 == timing.PIPE_CYCLES, "PIPE = arena read + three lane stages"
-
-
-def log2(n: int) -> int:
-    assert n > 0 and n & (n - 1) == 0, f"{n} is not a power of two"
-    return n.bit_length() - 1
 
 
 def ports(board: Board) -> dict[str, Signal]:
@@ -117,11 +117,17 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     m_instr, m_weights, m_arena = Memory.INSTR, Memory.WEIGHTS, Memory.ARENA
     op_nop, op_move, op_add, op_end, op_conv, op_pool = (int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END),
                                                          int(Op.CONV), int(Op.POOL))
-    e_overflow = ErrorCode.BUFFER_OVERFLOW
-    mode_int8 = int(Mode.INT8)
+    e_overflow, e_precision = ErrorCode.BUFFER_OVERFLOW, ErrorCode.BAD_PRECISION
+    mode_int8, mode_drq = int(Mode.INT8), int(Mode.DRQ)
     mode_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "MODE")
-    mode_field, skip_field = mode_reg.field("mode"), mode_reg.field("zero_skip")
+    mode_field, skip_field, hi_field = (mode_reg.field(n) for n in ("mode", "zero_skip", "insens_hi"))
     mode_index = rg.PRECISION_REGISTERS.index(mode_reg)
+    region_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "REGION")
+    rh_field, rw_field = region_reg.field("rh"), region_reg.field("rw")
+    region_index = rg.PRECISION_REGISTERS.index(region_reg)
+    threshold_index = next(i for i, r in enumerate(rg.PRECISION_REGISTERS) if r.name == "THRESHOLD")
+    region_max, region_log_max = REGION_MAX, REGION_LOG_MAX
+    region_row = REGION_ROW_TILES * rows
     cols = arch.cols
     line_bytes = LINE_WINDOWS * rows
     setup_last = timing.LAYER_SETUP_CYCLES - 1
@@ -463,9 +469,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     c_aw_en, c_last, c_start = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     c_wa_addr, c_wb_addr = Signal(intbv(0)[wmw:]), Signal(intbv(0)[wmw:])
     conv_err = Signal(intbv(0)[8:])
-    c_compute, c_stall, c_steps = word(), word(), word()
-    i_busy, i_stall, i_compute, i_steps = (rg.COUNTERS.index(n) for n in ("busy_cycles", "stall_cycles",
-                                                                          "compute_cycles", "mac_steps"))
+    c_compute, c_stall, c_steps, c_sensitive, c_regions = word(), word(), word(), word(), word()
+    i_busy, i_stall, i_compute, i_steps, i_sensitive, i_regions = (rg.COUNTERS.index(n) for n in (
+        "busy_cycles", "stall_cycles", "compute_cycles", "mac_steps", "sensitive_regions", "total_regions"))
 
     # ---- sequencer ----------------------------------------------------------------------------------------
     s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "CONV", "WRITEBACK")
@@ -694,6 +700,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 bank_words[32 * i_stall + 32:32 * i_stall] = c_stall
                 bank_words[32 * i_compute + 32:32 * i_compute] = c_compute
                 bank_words[32 * i_steps + 32:32 * i_steps] = c_steps
+                bank_words[32 * i_sensitive + 32:32 * i_sensitive] = c_sensitive
+                bank_words[32 * i_regions + 32:32 * i_regions] = c_regions
                 cnt_in.next = bank_words
                 state.next = s_t.WRITEBACK
         elif state == s_t.EXEC:
@@ -761,22 +769,27 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     insts += [fetch_shift, exec_comb, pipeline_tags, sequencer, arena_ports, lane_operands]
 
     # ---- convolution engine -------------------------------------------------------------------------------
-    mode_core = word()
+    mode_core, region_core, threshold_core = word(), word(), word()
     layer_q = Signal(intbv(0)[lw:])
-    f_zero_skip = Signal(bool(0))
-    f_mode = Signal(intbv(0)[mode_field.width:])
+    f_zero_skip, f_insens_hi, f_drq = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
+    f_rh, f_rw = Signal(intbv(0)[rh_field.width:]), Signal(intbv(0)[rw_field.width:])
+    f_lrh, f_lrw = Signal(intbv(0)[REGION_BITS:]), Signal(intbv(0)[REGION_BITS:])  # their log2 (when valid)
     layer_lsb = FIELD["layer"].lsb
     assert FIELD["layer"].word == 0
+    # the engine's copies of the layer's precision registers, read at the fetched layer
     insts.append(ram(clk, prec_we(mode_index), prec_wa, wr_data, layer_q, mode_core, rg.MAX_LAYERS))
+    insts.append(ram(clk, prec_we(region_index), prec_wa, wr_data, layer_q, region_core, rg.MAX_LAYERS))
+    insts.append(ram(clk, prec_we(threshold_index), prec_wa, wr_data, layer_q, threshold_core, rg.MAX_LAYERS))
     cin_g, cout_g = Signal(intbv(0)[FIELD["cin"].width:]), Signal(intbv(0)[FIELD["cout"].width:])
     col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
     blocks = Signal(intbv(0)[FIELD["cin"].width:])
     f_split, f_pool = Signal(bool(0)), Signal(bool(0))
     engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g, "col_tiles": col_tiles,
-                     "blocks": blocks, "split": f_split, "pool": f_pool}
+                     "blocks": blocks, "split": f_split, "pool": f_pool, "drq": f_drq, "insens_hi": f_insens_hi,
+                     "rh": f_rh, "lrh": f_lrh, "lrw": f_lrw, "threshold": threshold_core}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
-                             c_last, c_compute, c_stall, c_steps))
+                             c_last, c_compute, c_stall, c_steps, c_sensitive, c_regions))
     f_aux, f_cout, f_groups, f_oh, f_ow = fields["aux"], fields["cout"], fields["groups"], fields["oh"], fields["ow"]
     f_kh, f_kw, f_sw, f_dh, f_dw = fields["kh"], fields["kw"], fields["sw"], fields["dh"], fields["dw"]
     f_pt, f_pl, f_pb, f_pr, f_param = fields["pt"], fields["pl"], fields["pb"], fields["pr"], fields["param"]
@@ -855,7 +868,15 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     @always_comb
     def conv_check():
         f_zero_skip.next = mode_core[skip_field.lsb]
-        f_mode.next = mode_core[mode_field.lsb + mode_field.width:mode_field.lsb]
+        f_insens_hi.next = mode_core[hi_field.lsb]
+        mode = mode_core[mode_field.lsb + mode_field.width:mode_field.lsb]
+        f_drq.next = f_opcode == op_conv and mode == mode_drq
+        rh = region_core[rh_field.lsb + rh_field.width:rh_field.lsb]
+        rw = region_core[rw_field.lsb + rw_field.width:rw_field.lsb]
+        f_rh.next = rh
+        f_rw.next = rw
+        good_region = (rh != 0 and (rh & (rh - 1)) == 0 and rh <= region_max
+                       and rw != 0 and (rw & (rw - 1)) == 0 and rw <= region_max)
         err = e_ok
         g = int(f_groups)
         cin = int(f_cin)
@@ -885,8 +906,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_range
         elif g == 0 or cg * g != cin or og * g != cout:
             err = e_opcode
-        elif f_aux > 1 or f_mode != mode_int8:
-            err = e_opcode  # the dynamic modes are not in this build
+        elif f_aux > 1:
+            err = e_opcode
+        elif mode == mode_drq and not good_region:
+            err = e_precision  # contract PrecisionRegs.validate
+        elif mode != mode_int8 and mode != mode_drq:
+            err = e_opcode  # SDP and DAQ are not in this build
         elif f_split and in_size != cin:
             err = e_opcode  # a split over an input larger than 1x1 is not in this build
         elif not f_split and cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
@@ -899,6 +924,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_overflow
         elif f_aux == 1 and (f_oh < 2 or f_ow < 2 or f_ow > pool_row):
             err = e_overflow  # contract array.fused_pool_limits
+        elif mode == mode_drq and f_iw > region_row:
+            err = e_overflow  # contract array.predictor_limits
         elif (f_src1 & (wbytes - 1)) != 0 or f_src1 + weight_size > wmem_bytes:
             err = e_range
         elif (f_param & (PARAM_BYTES - 1)) != 0 or f_param + cout * PARAM_BYTES > wmem_bytes:
@@ -908,10 +935,20 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         conv_err.next = err
 
     @always_comb
+    def region_logs():
+        f_lrh.next = 0
+        f_lrw.next = 0
+        for i in range(1, region_log_max + 1):
+            if f_rh == (1 << i):
+                f_lrh.next = i
+            if f_rw == (1 << i):
+                f_lrw.next = i
+
+    @always_comb
     def conv_go():
         c_start.next = (state == s_t.FETCH and cyc == setup_last and (f_opcode == op_conv or f_opcode == op_pool)
                         and conv_err == e_ok)
 
     insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, split_mapping,
-              conv_check, conv_go]
+              conv_check, region_logs, conv_go]
     return insts

@@ -3,6 +3,7 @@
 `window_ram` is the activation arena: one byte bank per lane, each with its own address, so that any
 `rows` consecutive bytes, at any byte address, are read or written in one cycle (bank b of a window at
 address A holds byte (b - A) mod rows of the window, at word A // rows, or the next word for b < A mod rows).
+The DRQ flag plane is the same memory with one-bit units.
 """
 
 from __future__ import annotations
@@ -41,28 +42,30 @@ def ram_bytes(clk, we, waddr, wdata, raddr, rdata, depth: int):
 
 @block
 def window_ram(clk, rd_addr, rd_data, wr_en, wr_addr, wr_data, wr_mask, rows: int, depth: int):
-    """`rows` (a power of two) byte banks of `depth` bytes. Read: `rd_data` (lane j = byte rd_addr + j) one cycle after
-    `rd_addr`. Write: lanes j with `wr_mask[j]` set store byte j of `wr_data` at `wr_addr + j`."""
+    """`rows` (a power of two) banks of `depth` units (a unit is len(rd_data) // rows bits: a byte for the
+    arena, a bit for the DRQ flag plane). Read: `rd_data` (lane j = unit rd_addr + j) one cycle after
+    `rd_addr`. Write: lanes j with `wr_mask[j]` set store unit j of `wr_data` at `wr_addr + j`."""
     ob = (rows - 1).bit_length()
     wb = (depth - 1).bit_length()
+    unit = len(rd_data) // rows
     rd_off = Signal(intbv(0)[ob:])
-    bank_out = [Signal(intbv(0)[8:]) for _ in range(rows)]
+    bank_out = [Signal(intbv(0)[unit:]) for _ in range(rows)]
     bank_raddr = [Signal(modbv(0)[wb:]) for _ in range(rows)]
     bank_waddr = [Signal(modbv(0)[wb:]) for _ in range(rows)]
     bank_we = [Signal(bool(0)) for _ in range(rows)]
-    wr_banked = Signal(intbv(0)[8 * rows:])
+    wr_banked = Signal(intbv(0)[unit * rows:])
     mask_banked = Signal(intbv(0)[rows:])
     rd_banked = ConcatSignal(*reversed(bank_out))
     insts = []
 
     @always_comb
     def rotate_write():
-        # lane j goes to bank (A + j) mod rows: rotate left by A mod rows bytes
+        # lane j goes to bank (A + j) mod rows: rotate left by A mod rows units
         off = int(wr_addr[ob:])
-        d = intbv(0)[16 * rows:]
+        d = intbv(0)[2 * unit * rows:]
         d[:] = concat(wr_data, wr_data)
-        d[:] = d >> (8 * (rows - off))
-        wr_banked.next = d[8 * rows:]
+        d[:] = d >> (unit * (rows - off))
+        wr_banked.next = d[unit * rows:]
         m = intbv(0)[2 * rows:]
         m[:] = concat(wr_mask, wr_mask)
         m[:] = m >> (rows - off)
@@ -78,17 +81,17 @@ def window_ram(clk, rd_addr, rd_data, wr_en, wr_addr, wr_data, wr_mask, rows: in
 
     @always_comb
     def rotate_read():
-        d = intbv(0)[16 * rows:]
+        d = intbv(0)[2 * unit * rows:]
         d[:] = concat(rd_banked, rd_banked)
-        d[:] = d >> (8 * rd_off)
-        rd_data.next = d[8 * rows:]
+        d[:] = d >> (unit * rd_off)
+        rd_data.next = d[unit * rows:]
 
     insts.append(rotate_read)
 
     for b in range(rows):
         insts.append(bank_addresses(rd_addr, wr_addr, wr_en, mask_banked, bank_raddr[b], bank_waddr[b],
                                      bank_we[b], b, ob))
-        insts.append(ram(clk, bank_we[b], bank_waddr[b], wr_banked(8 * b + 8, 8 * b), bank_raddr[b],
+        insts.append(ram(clk, bank_we[b], bank_waddr[b], wr_banked(unit * b + unit, unit * b), bank_raddr[b],
                          bank_out[b], depth))
     return insts
 

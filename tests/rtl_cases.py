@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from dynq.boards import Board
-from dynq.contract import Op, PrecisionRegs, encode, layout, timing
+from dynq.contract import Mode, Op, PrecisionRegs, encode, layout, timing
 from dynq.contract import numerics as nx
-from dynq.contract.array import window_limits
+from dynq.contract.array import REGION_MAX, log2, window_limits
 from dynq.contract.registers import MAX_LAYERS
 from dynq.runtime.artifacts import Build
 
 OPS_IN_RTL = (Op.MOVE, Op.ADD, Op.CONV, Op.POOL)
 """The operations the random corpus draws from (CONV: the cases `hdl.core.unsupported` accepts)."""
+REGION_SIDES = tuple(1 << i for i in range(log2(REGION_MAX) + 1))
 ARENA_BYTES = 8192
 """Arena of a random case: small, so a case loads and stores quickly."""
 
@@ -160,8 +161,20 @@ def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeomet
     program = encode(Op.CONV, **fields) + encode(Op.END)
     arena = data.integers(0, 256, ARENA_BYTES, dtype=np.uint8)
     arena[offsets[0]:offsets[0] + sizes[0]] *= data.random(sizes[0]) < 0.7  # zeros for zero-part skipping
-    registers = [PrecisionRegs(zero_skip=rng.random() < 0.5)] * MAX_LAYERS
+    registers = [_precision(rng, ih, iw)] * MAX_LAYERS
     return Case(name, case_build(board, name, program, weights, ARENA_BYTES), arena.tobytes(), registers)
+
+
+def _precision(rng: random.Random, ih: int, iw: int) -> PrecisionRegs:
+    """int8 or DRQ (half each), with or without zero-part skipping; DRQ with a random region, 4-bit rule and
+    a threshold around the sums of |x| that the case's random bytes give, so that both kinds of region occur."""
+    zero_skip = rng.random() < 0.5
+    if rng.random() < 0.5:
+        return PrecisionRegs(zero_skip=zero_skip)
+    rh, rw = rng.choice(REGION_SIDES), rng.choice(REGION_SIDES)
+    threshold = int(min(rh, ih) * min(rw, iw) * rng.uniform(20, 100))
+    return PrecisionRegs(mode=Mode.DRQ, zero_skip=zero_skip, insens_hi=rng.random() < 0.5, threshold=threshold,
+                         rh=rh, rw=rw)
 
 
 def random_cases(board: Board, count: int, seed: int) -> list[Case]:

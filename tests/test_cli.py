@@ -249,3 +249,28 @@ def test_percentile_calibration(ops_model: Path, calib_file: Path, tmp_path: Pat
     reference = {n: t["scale"] for n, t in dynq.load(tmp_path / "m").build.manifest["tensors"].items()}
     assert all(scales[n] <= reference[n] + 1e-12 for n in scales)  # a percentile never exceeds the max
     assert any(scales[n] < reference[n] for n in scales)
+
+
+def test_drq_over_a_wide_input(tmp_path: Path) -> None:
+    """The region predictor keeps sums for inputs at most REGION_ROW_TILES * rows wide: the compiler runs a
+    wider layer in int8 with zero-part skipping, or, when the policy insists on DRQ, says why it cannot."""
+    from torch import nn
+
+    from dynq.contract.array import REGION_ROW_TILES
+    from tests.conftest import export
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    second = {}
+    wide = REGION_ROW_TILES * 16 + 8  # pynq-z2: 16 lanes
+    for width in (64, wide):
+        onnx_file = export(net, tmp_path / f"{width}.onnx", (1, 4, width))
+        np.save(tmp_path / "c.npy", images(4, (1, 4, width)))
+        proc = dynq_cli("compile", onnx_file, "--calib", tmp_path / "c.npy", "-o", tmp_path / f"b{width}")
+        assert proc.returncode == 0, proc.stderr
+        second[width] = dynq.load(tmp_path / f"b{width}").build.preset("drq")[1]
+    assert second[64].mode.name == "DRQ"
+    assert (second[wide].mode.name, second[wide].zero_skip) == ("INT8", True)
+    forced = dynq_cli("compile", onnx_file, "--calib", tmp_path / "c.npy", "--set", "/2/*:mode=drq", "-o",
+                      tmp_path / "f")
+    assert_one_line_error(forced, "region predictor")
+    assert not (tmp_path / "f").exists()

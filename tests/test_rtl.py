@@ -18,6 +18,7 @@ from dynq.cli import main
 from dynq.contract import ErrorCode, Memory, Mode, Op, PrecisionRegs, encode
 from dynq.contract import registers as rg
 from dynq.contract.registers import DeviceError
+from dynq.hdl.core import RTL_MODES
 from dynq.hdl.sim import RtlSim, bit, build, reg
 from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.model import Model, VerifyError
@@ -57,6 +58,7 @@ def test_random_programs_agree(sim: RtlSim, request: pytest.FixtureRequest) -> N
     count, seed = request.config.getoption("--rtl-cases"), request.config.getoption("--rtl-seed")
     cases = random_cases(load_board(BOARD), count, seed)
     assert {c.build.instructions[0].op for c in cases} == set(OPS_IN_RTL)
+    assert {c.registers[0].mode for c in cases if c.build.instructions[0].op == Op.CONV} == set(RTL_MODES)
     for case in cases:
         want_bytes, want = _emulate(case)
         got_bytes, got = _on_rtl(case, sim)
@@ -65,7 +67,7 @@ def test_random_programs_agree(sim: RtlSim, request: pytest.FixtureRequest) -> N
         assert set(got) == set(want)
         # a CONV's part statistics (kept and total parts) are not counted by the core yet
         names = rg.COUNTERS if case.build.instructions[0].op != Op.CONV else (
-            "busy_cycles", "compute_cycles", "stall_cycles", "mac_steps")
+            "busy_cycles", "compute_cycles", "stall_cycles", "mac_steps", "sensitive_regions", "total_regions")
         for layer, counters in want.items():
             for name in names:
                 assert got[layer][name] == counters.get(name, 0), f"{case.name}: {name}"
@@ -160,16 +162,41 @@ def zoo_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in ("lenet5", "resnet_small")}
 
 
-@pytest.mark.parametrize("zero_skip", [False, True], ids=["int8", "int8-zero-skip"])
+@pytest.mark.parametrize("mode, zero_skip", [("int8", False), ("int8", True), ("drq", False), ("drq", True)],
+                         ids=["int8", "int8-zero-skip", "drq", "drq-zero-skip"])
 @pytest.mark.parametrize("name", ["lenet5", "resnet_small"])
-def test_zoo_model_on_rtl_matches_emulator(zoo_builds: dict[str, Path], name: str, zero_skip: bool) -> None:
+def test_zoo_model_on_rtl_matches_emulator(zoo_builds: dict[str, Path], name: str, mode: str,
+                                           zero_skip: bool) -> None:
     """The bundled LeNet-5 (fused pooling, Gemm) and ResNet (strided convs, residual Adds, global average
-    pooling, Gemm) run on the RTL core entirely."""
-    model = dynq.load(zoo_builds[name], mode="int8")
+    pooling, Gemm) run on the RTL core entirely, in int8 and with the calibrated DRQ thresholds."""
+    model = dynq.load(zoo_builds[name], mode=mode)
+    if mode == "drq":
+        assert any(r.mode == Mode.DRQ for r in model.registers), "the policy kept no layer in DRQ"
     for index in range(len(model.layers)):
         model.set_layer(index, zero_skip=zero_skip)
     images, _ = bundled_samples()
     _rtl_agrees(model, images[32:36].astype(np.float32) / 255)
+
+
+def test_threshold_rewrite_between_runs(zoo_builds: dict[str, Path]) -> None:
+    """Precision is a register: a new DRQ threshold, written between two runs of the program the core holds,
+    changes outputs and cycles exactly as the emulator says (`verify` compares every tensor and layer)."""
+    model = dynq.load(zoo_builds["resnet_small"], mode="drq")
+    layer = next(i for i, r in enumerate(model.registers) if r.mode == Mode.DRQ)
+    x = bundled_samples()[0][40:42].astype(np.float32) / 255
+    try:
+        runs = []
+        for threshold in (0, 1 << 20):  # every region sensitive; none
+            model.set_layer(layer, threshold=threshold)
+            runs.append(model.run(x, backend="rtl", verify=True, trace=True))
+            if len(runs) == 1:
+                device = model._rtl
+        assert model._rtl is device, "one simulator process (one Verilog build, one program load) ran both"
+    finally:
+        model.close()
+    name = model.layers[layer]["output"]
+    assert not np.array_equal(runs[0].tensors[name], runs[1].tensors[name])
+    assert runs[0].report.layers[layer].cycles > runs[1].report.layers[layer].cycles
 
 
 def test_cli_backend_rtl(eltwise_build: Path, tmp_path: Path) -> None:
@@ -194,8 +221,8 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
     conv = encode(Op.CONV, layer=3, cin=8, cout=4, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, groups=1)
     case = _raw_case(conv + encode(Op.END))
-    case.registers[3] = PrecisionRegs(mode=Mode.DRQ)
-    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*drq mode"):
+    case.registers[3] = PrecisionRegs(mode=Mode.SDP)
+    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*sdp mode"):
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
 
 
@@ -218,11 +245,26 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
         "input-size-past-33-bits", "rows-not-the-window's", "columns-not-the-window's", "stride-0", "stride-5",
         "kernel-taller-than-input", "aux-2", "pooling-one-row", "pooling-row-too-wide"])
 def test_bad_convolutions_stop_like_the_emulator(sim: RtlSim, change: dict, code: ErrorCode) -> None:
+    _bad_convolution(sim, change, PrecisionRegs(), code)
+
+
+@pytest.mark.parametrize("change, regs, code", [
+    ({}, PrecisionRegs(mode=Mode.DRQ, rh=3), ErrorCode.BAD_PRECISION),
+    ({}, PrecisionRegs(mode=Mode.DRQ, rw=32), ErrorCode.BAD_PRECISION),
+    (dict(iw=300, ow=298), PrecisionRegs(mode=Mode.DRQ), ErrorCode.BUFFER_OVERFLOW),
+], ids=["region-not-a-power-of-two", "region-too-wide", "input-too-wide-for-the-predictor"])
+def test_bad_precision_stops_like_the_emulator(sim: RtlSim, change: dict, regs: PrecisionRegs,
+                                               code: ErrorCode) -> None:
+    _bad_convolution(sim, change, regs, code)
+
+
+def _bad_convolution(sim: RtlSim, change: dict, regs: PrecisionRegs, code: ErrorCode) -> None:
     fields = dict(cin=16, cout=20, ih=4, iw=40, oh=2, ow=38, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1,
                   src0=0, dst=1024, src1=0, param=8192, clip_lo=0, clip_hi=255)
     fields.update(change)
     program = encode(Op.CONV, **fields) + encode(Op.END)
-    case = Case("bad", case_build(load_board(BOARD), "bad", program, bytes(16384), AMEM), bytes(AMEM))
+    case = Case("bad", case_build(load_board(BOARD), "bad", program, bytes(16384), AMEM), bytes(AMEM),
+                [regs] * rg.MAX_LAYERS)
     with pytest.raises(DeviceError) as emulated:
         _emulate(case)
     with pytest.raises(DeviceError) as simulated:

@@ -18,8 +18,11 @@ stride."""
 MAX_DILATION = 1
 """The lines shift by one byte per kernel tap, so the array runs undilated kernels only."""
 REGION_MAX = 16
-"""DRQ regions are powers of two up to this in both dimensions, so an aligned arena window covers whole
-regions and a region row is found by a shift."""
+"""DRQ regions are powers of two up to this in both dimensions (and boards have at least this many rows),
+so an arena window read at a multiple of `rows` covers whole regions and a region row is found by a shift."""
+REGION_ROW_TILES = 16
+"""The DRQ predictor keeps the running sums of one band of regions (Rh input rows): one entry per window of
+`rows` pixels across, so a DRQ layer's input is at most REGION_ROW_TILES * rows pixels wide."""
 SDP_G_VALUES = tuple(1 << i for i in range(BLOCK.bit_length()))
 """Allowed SDP group sizes: powers of two up to BLOCK."""
 POOL_ROW_TILES = 8
@@ -31,9 +34,24 @@ def is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def log2(n: int) -> int:
+    """The exponent of a power of two (sizes the hardware splits into address bits)."""
+    if not is_pow2(n):
+        raise ValueError(f"{n} is not a power of two")
+    return n.bit_length() - 1
+
+
 def line_reads(stride: int, kw: int, lanes: int, rows: int) -> int:
     """Arena windows (rows bytes each) that fill one line: the bytes `lanes` active lanes need for every tap."""
     return -(-(stride * (lanes - 1) + kw) // rows)
+
+
+def predictor_limits(iw: int, rows: int) -> str | None:
+    """Why the DRQ region predictor cannot run over an input `iw` pixels wide, or None."""
+    if -(-iw // rows) > REGION_ROW_TILES:
+        return (f"DRQ on an input {iw} pixels wide: the region predictor keeps the sums of rows of at most "
+                f"{REGION_ROW_TILES * rows} pixels; run this layer in int8 or SDP")
+    return None
 
 
 def fused_pool_limits(oh: int, ow: int, rows: int) -> str | None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dynq.contract import numerics as nx
 from dynq.contract import timing
-from dynq.contract.array import fused_pool_limits, window_limits
+from dynq.contract.array import fused_pool_limits, predictor_limits, window_limits
 from dynq.contract.isa import Instr, geometry_error
 from dynq.contract.registers import DeviceError, ErrorCode, Mode, PrecisionRegs
 
@@ -38,6 +38,8 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
         check_window(ins, rows, pc)
     check_geometry(ins, pc)
     if ins.aux == 1 and (reason := fused_pool_limits(ins.oh, ins.ow, rows)):
+        raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, reason)
+    if reg.mode == Mode.DRQ and (reason := predictor_limits(ins.iw, rows)):
         raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, reason)
     xq, steps, stats = apply_precision(x, reg, bool(ins.s0_signed), ins.groups, mask, pc)
     if reg.mode == Mode.DRQ:
