@@ -260,17 +260,19 @@ def test_drq_over_a_wide_input(tmp_path: Path) -> None:
     from tests.conftest import export
 
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
-    second = {}
     wide = REGION_ROW_TILES * 16 + 8  # pynq-z2: 16 lanes
-    for width in (64, wide):
+
+    def compile_(width: int, *extra: str) -> subprocess.CompletedProcess:
         onnx_file = export(net, tmp_path / f"{width}.onnx", (1, 4, width))
-        np.save(tmp_path / "c.npy", images(4, (1, 4, width)))
-        proc = dynq_cli("compile", onnx_file, "--calib", tmp_path / "c.npy", "-o", tmp_path / f"b{width}")
-        assert proc.returncode == 0, proc.stderr
-        second[width] = dynq.load(tmp_path / f"b{width}").build.preset("drq")[1]
-    assert second[64].mode.name == "DRQ"
-    assert (second[wide].mode.name, second[wide].zero_skip) == ("INT8", True)
-    forced = dynq_cli("compile", onnx_file, "--calib", tmp_path / "c.npy", "--set", "/2/*:mode=drq", "-o",
-                      tmp_path / "f")
+        np.save(tmp_path / f"c{width}.npy", images(4, (1, 4, width)))
+        return dynq_cli("compile", onnx_file, "--calib", tmp_path / f"c{width}.npy", *extra, "-o",
+                        tmp_path / f"b{width}{len(extra)}")
+
+    assert compile_(wide).returncode == 0
+    second = dynq.load(tmp_path / f"b{wide}0").build.preset("drq")[1]
+    assert (second.mode.name, second.zero_skip) == ("INT8", True)
+    assert compile_(64, "--set", "/2/*:mode=drq").returncode == 0
+    assert dynq.load(tmp_path / "b642").build.preset("drq")[1].mode.name == "DRQ"
+    forced = compile_(wide, "--set", "/2/*:mode=drq")
     assert_one_line_error(forced, "region predictor")
-    assert not (tmp_path / "f").exists()
+    assert not (tmp_path / f"b{wide}2").exists()
