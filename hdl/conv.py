@@ -1195,6 +1195,10 @@ def capture_byte(byte, flag, lo, hi, row_ok, pad, drq, signed_in, use_hi, out, l
     its 4-bit value (`numerics.insensitive`: the high part rounded with `use_hi`, else the magnitude
     saturated to 15) and `low` marks it one step. Padding is one step in DRQ, two in int8, as the
     contract's `pad_cost` says."""
+    _, hi_signed = nx.part_range(True)
+    _, hi_unsigned = nx.part_range(False)
+    low_max, half, part_bits, scale = nx.LOW_MAX, nx.PART_SCALE // 2, nx.PART_BITS, nx.PART_SCALE
+
     @always_comb
     def take():
         q = 0
@@ -1206,17 +1210,17 @@ def capture_byte(byte, flag, lo, hi, row_ok, pad, drq, signed_in, use_hi, out, l
             low.next = drq
         elif drq and not flag:
             q = v
-            if use_hi:
-                q = (v + 8) >> 4
-                if signed_in and q > 7:
-                    q = 7
-                if not signed_in and q > 15:
-                    q = 15
-                q = q * 16
-            elif q > 15:
-                q = 15
-            elif q < -15:
-                q = -15
+            if use_hi:  # the rounded high part; it never falls below the part's range
+                q = (v + half) >> part_bits
+                if signed_in and q > hi_signed:
+                    q = hi_signed
+                if not signed_in and q > hi_unsigned:
+                    q = hi_unsigned
+                q = q * scale
+            elif q > low_max:
+                q = low_max
+            elif q < -low_max:
+                q = -low_max
             if q < 0:
                 q = q + 256
             out.next = q

@@ -96,6 +96,16 @@ def part_steps(x: torch.Tensor) -> torch.Tensor:
     return (hi != 0).to(torch.int16) + (lo != 0).to(torch.int16)
 
 
+def part_range(signed: bool) -> tuple[int, int]:
+    """The values a high part takes: x >> 4 of an int8 (-8..7) or a uint8 (0..15)."""
+    lo, hi = value_range(signed)
+    return lo >> PART_BITS, hi >> PART_BITS
+
+
+LOW_MAX = PART_SCALE - 1
+"""The largest magnitude one low part holds (the 4-bit low-part rule saturates to it)."""
+
+
 def insensitive(x: torch.Tensor, signed: bool, use_hi: bool) -> torch.Tensor:
     """The 4-bit value a DRQ/DAQ low-precision region computes with (one term part, one step).
 
@@ -103,9 +113,9 @@ def insensitive(x: torch.Tensor, signed: bool, use_hi: bool) -> torch.Tensor:
     High-part rule: keep the rounded high part, 16 * clamp((x + 8) >> 4) within the part's range.
     """
     if use_hi:
-        lo, hi = (-8, 7) if signed else (0, 15)
-        return 16 * torch.clamp(torch.floor((x + 8) / 16), lo, hi)
-    return torch.clamp(x, -15, 15)
+        lo, hi = part_range(signed)
+        return PART_SCALE * torch.clamp(torch.floor((x + PART_SCALE // 2) / PART_SCALE), lo, hi)
+    return torch.clamp(x, -LOW_MAX, LOW_MAX)
 
 
 def region_sums(x: torch.Tensor, rh: int, rw: int) -> torch.Tensor:
