@@ -245,9 +245,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     line_a = [Signal(intbv(0)[8 * line_bytes:]) for _ in range(BLOCK)]
     low_a = [Signal(intbv(0)[line_bytes:]) for _ in range(BLOCK)]  # a DRQ-insensitive (one-step) byte
     take_b, shift_a = Signal(bool(0)), Signal(bool(0))
-    cap_en = Signal(bool(0))
     slot_bits, window_bits = log2(BLOCK), log2(LINE_WINDOWS)
-    cap_t, cap_r = reg(slot_bits), reg(window_bits)
+    # one-hot (slot t, window r) -> bit t * LINE_WINDOWS + r: the window the fill lands in this cycle, decoded a
+    # cycle early so that each line register bit's next value is a single LUT (hold, shift, take, land)
+    cap_hit = reg(BLOCK * LINE_WINDOWS)
     cap_data = Signal(intbv(0)[8 * rows:])
     cap_low = Signal(intbv(0)[rows:])
     # ---- fill unit -----------------------------------------------------------------------------------
@@ -377,8 +378,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     # ---- line register updates -----------------------------------------------------------------------
     for t in range(BLOCK):
-        insts.append(line_slot(clk, line_a[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t))
-        insts.append(line_slot(clk, low_a[t], take_b, shift_a, cap_en, cap_t, cap_r, cap_low, t, 1))
+        insts.append(line_slot(clk, line_a[t], take_b, shift_a, cap_hit, cap_data, t))
+        insts.append(line_slot(clk, low_a[t], take_b, shift_a, cap_hit, cap_low, t, 1))
 
     # fill capture: the window's bytes [cap_lo, cap_hi) lie inside the input row, the others are padding
     read_x0 = reg(18, True)
@@ -390,17 +391,15 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     @always(clk.posedge)
     def fill_capture():
+        cap_hit.next = 0
         if sp_issue:
-            cap_en.next = 1
-            cap_t.next = 0
-            cap_r.next = 0
+            cap_hit.next[0] = 1
             cap_row_ok.next = 1
             cap_lo.next = 0
             cap_hi.next = sp_lanes
         else:
-            cap_en.next = fl_busy and not split
-            cap_t.next = fl_t[slot_bits:]
-            cap_r.next = fl_r[window_bits:]
+            if fl_busy and not split:
+                cap_hit.next[fl_t[slot_bits:] * LINE_WINDOWS + fl_r[window_bits:]] = 1
             cap_row_ok.next = fl_row_ok
             lo = 0
             if read_x0 < 0:
@@ -1007,10 +1006,12 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 dr_busy.next = 1
                 dr_k.next = 0
                 n = int(cout_g) - int(ci_ct) * cols
-                if pool_op:
-                    n = int(channels) - (int(ci_gi) << bb)
                 if n > cols:
                     n = cols
+                if pool_op:  # a POOL pass drains its block of channels, whatever the array's width
+                    n = int(channels) - (int(ci_gi) << bb)
+                    if n > BLOCK:
+                        n = BLOCK
                 dr_ncols.next = n
                 co = int(ci_gi) * int(cout_g) + int(ci_ct) * cols
                 dr_co.next = co
@@ -1370,13 +1371,13 @@ def part_of_lane(values, lows, steps, u, s, signed_in, use_hi, zero_skip, active
 
 
 @block
-def line_slot(clk, a, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int, unit: int = 8):
+def line_slot(clk, a, take_b, shift_a, cap_hit, cap_data, t: int, unit: int = 8):
     """Line slot t: set B receives the fill's windows (LINE_WINDOWS of them); A takes B at a phase end (with a
     window landing in that cycle) and shifts a unit (a byte, or its `low` bit) per tap."""
     width = len(cap_data)
     windows = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
     merged = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
-    insts = [line_window(clk, cap_en, cap_t, cap_r, cap_data, windows[r], merged[r], t, r)
+    insts = [line_window(clk, cap_hit(t * LINE_WINDOWS + r), cap_data, windows[r], merged[r])
              for r in range(LINE_WINDOWS)]
     whole = ConcatSignal(*reversed(merged))
 
@@ -1391,13 +1392,8 @@ def line_slot(clk, a, take_b, shift_a, cap_en, cap_t, cap_r, cap_data, t: int, u
 
 
 @block
-def line_window(clk, cap_en, cap_t, cap_r, cap_data, window, merged, t: int, r: int):
-    """Window r of slot t in set B, and its value with a window landing in this cycle."""
-    hit = Signal(bool(0))
-
-    @always_comb
-    def landing():
-        hit.next = cap_en and cap_t == t and cap_r == r
+def line_window(clk, hit, cap_data, window, merged):
+    """A window of a line slot in set B (`hit`: the fill lands in it this cycle), and its value with that landing."""
 
     @always_comb
     def value():
@@ -1411,7 +1407,7 @@ def line_window(clk, cap_en, cap_t, cap_r, cap_data, window, merged, t: int, r: 
         if hit:
             window.next = cap_data
 
-    return landing, value, write
+    return value, write
 
 
 @block

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -90,3 +93,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--rtl-cases", type=int, default=200,
                      help="random single-layer programs run on the RTL and the emulator (default 200)")
     parser.addoption("--rtl-seed", type=int, default=2026, help="seed of the random RTL programs")
+
+
+CORE_SYNTH = ("hdl", "synth", "--board", "pynq-z2", "--json")
+"""The full pynq-z2 core through `dynq hdl synth`: Yosys takes about ten minutes on it, single-threaded."""
+CORE_SYNTH_TIMEOUT = 1800
+_core_synth = pytest.StashKey[tuple[subprocess.Popen, Path]]()
+
+
+def _start_core_synth(config: pytest.Config) -> None:
+    if _core_synth not in config.stash:
+        err = Path(tempfile.mkstemp(prefix="dynq-core-synth-", suffix=".err")[1])
+        proc = subprocess.Popen([sys.executable, "-m", "dynq.cli", *CORE_SYNTH], stdout=subprocess.PIPE,
+                                stderr=err.open("w"), text=True)
+        config.stash[_core_synth] = (proc, err)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the full-core synthesis as soon as a selected test needs it, so Yosys runs on the second core
+    while the other tests run on the first (in series it made the suite 10 minutes longer)."""
+    if any("core_synth_json" in getattr(item, "fixturenames", ()) for item in items):
+        _start_core_synth(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    started = config.stash.get(_core_synth, None)
+    if started and started[0].poll() is None:
+        started[0].kill()
+        started[0].wait()
+
+
+@pytest.fixture(scope="session")
+def core_synth_json(request: pytest.FixtureRequest) -> subprocess.CompletedProcess:
+    """The result of `dynq hdl synth` on the full pynq-z2 core (started at collection, awaited here)."""
+    _start_core_synth(request.config)
+    proc, err = request.config.stash[_core_synth]
+    try:
+        out, _ = proc.communicate(timeout=CORE_SYNTH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"`dynq {' '.join(CORE_SYNTH)}` did not finish within {CORE_SYNTH_TIMEOUT} s")
+    stderr = err.read_text()
+    err.unlink()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, stderr)
