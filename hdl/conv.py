@@ -32,7 +32,7 @@ POOL_ACC_BITS = 26
 DRAIN_READ_LATENCY = 1
 assert MAG_BITS == 4, "the PE reads a part as two radix-4 digits"
 assert DRAIN_READ_LATENCY + 3 == timing.PIPE_CYCLES, "drain: parameter read + three requantizer stages"
-assert timing.FILL_LATENCY == 1, "a fill's last window lands one cycle after its read"
+assert timing.FILL_LATENCY == 2, "a fill's last window is read, lands in set B, then set A may take it"
 
 
 def acc_signal() -> Signal:
@@ -526,7 +526,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 finish = False
         tap_end.next = c_busy and finish
         c_done_now.next = (not c_busy) or (finish and tap_b + 1 >= kw)
-        f_done_now.next = not fl_busy
+        f_done_now.next = not fl_busy and cap_hit == 0  # no window still to land
 
     @always_comb
     def weight_next():
@@ -1372,14 +1372,12 @@ def part_of_lane(values, lows, steps, u, s, signed_in, use_hi, zero_skip, active
 
 @block
 def line_slot(clk, a, take_b, shift_a, cap_hit, cap_data, t: int, unit: int = 8):
-    """Line slot t: set B receives the fill's windows (LINE_WINDOWS of them); A takes B at a phase end (with a
-    window landing in that cycle) and shifts a unit (a byte, or its `low` bit) per tap."""
+    """Line slot t: set B receives the fill's windows (LINE_WINDOWS of them); A takes B at a phase end and
+    shifts a unit (a byte, or its `low` bit) per tap."""
     width = len(cap_data)
     windows = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
-    merged = [Signal(intbv(0)[width:]) for _ in range(LINE_WINDOWS)]
-    insts = [line_window(clk, cap_hit(t * LINE_WINDOWS + r), cap_data, windows[r], merged[r])
-             for r in range(LINE_WINDOWS)]
-    whole = ConcatSignal(*reversed(merged))
+    insts = [line_window(clk, cap_hit(t * LINE_WINDOWS + r), cap_data, windows[r]) for r in range(LINE_WINDOWS)]
+    whole = ConcatSignal(*reversed(windows))
 
     @always(clk.posedge)
     def update():
@@ -1392,22 +1390,15 @@ def line_slot(clk, a, take_b, shift_a, cap_hit, cap_data, t: int, unit: int = 8)
 
 
 @block
-def line_window(clk, hit, cap_data, window, merged):
-    """A window of a line slot in set B (`hit`: the fill lands in it this cycle), and its value with that landing."""
-
-    @always_comb
-    def value():
-        if hit:
-            merged.next = cap_data
-        else:
-            merged.next = window
+def line_window(clk, hit, cap_data, window):
+    """A window of a line slot in set B (`hit`: the fill lands in it this cycle)."""
 
     @always(clk.posedge)
     def write():
         if hit:
             window.next = cap_data
 
-    return value, write
+    return write
 
 
 @block

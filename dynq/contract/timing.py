@@ -49,8 +49,10 @@ PIPE_CYCLES = 4
 """Arena (or accumulator) read, then the requantizer's three stages (product, rounding term, shift and
 clamp), paid once after the last read of an instruction (or pass)."""
 NOP_CYCLES = 1
-FILL_LATENCY = 1
-"""A line is complete one cycle after its last window read (the arena's registered read)."""
+FILL_LATENCY = 2
+"""A line is complete two cycles after its last window read: the arena's registered read, then the fill's
+line register. The computing lines take whole lines from there only; a bypass that let the last window go
+straight from the arena into them cost a second LUT per line bit (about 3k LUTs on a 16-lane array)."""
 PREDICTOR_GAP_CYCLES = 4
 """DRQ predictor: from a band's last window read to its first flag write (read, segment sums, accumulate,
 compare)."""
