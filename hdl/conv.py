@@ -30,6 +30,10 @@ WEIGHT_BITS = 8
 POOL_ACC_BITS = 26
 """A POOL sum: windows of up to 255 x 255 (the kernel fields) 8-bit values."""
 DRAIN_READ_LATENCY = 1
+PARTS = 2 * BLOCK
+"""Term parts of a lane's line slots: an SDP unit (g <= BLOCK slots) chooses among at most these."""
+STEP_BITS = PARTS.bit_length()
+"""A lane's steps in a unit: 0..2 (int8, DRQ), 0..2g <= PARTS (SDP's k)."""
 assert MAG_BITS == 4, "the PE reads a part as two radix-4 digits"
 assert DRAIN_READ_LATENCY + 3 == timing.PIPE_CYCLES, "drain: parameter read + three requantizer stages"
 assert timing.FILL_LATENCY == 2, "a fill's last window is read, lands in set B, then set A may take it"
@@ -45,15 +49,15 @@ synthesis maps it once."""
 
 
 @block
-def pe(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, result):
+def pe(clk, reset, capture, mag, neg, hi, w, own_w, own, result):
     """One PE: `acc += (-1 if neg else 1) * w * mag * (16 if hi else 1)`; `reset` starts the next cycle's
     sum from 0; `capture` keeps this cycle's sum in `result` for the drain while the next pass accumulates.
 
-    The weight w comes as w and 3w: from the column (`w1`, `w3`, shared by the column's PEs), or with `own`
-    from the PE's own registers (`own1`, `own3`: the reduction-split mapping, where every PE has its own
-    weight). The two 2-bit digits of `mag` each pick 0, w, 2w or 3w, and one add makes w * mag. No
-    multiplier (hence no DSP), and a lane with nothing to do has `mag` 0. About 80 LUTs on xc7 against
-    ~400 for a multiplier-free shift-and-add on 32-bit integers."""
+    The weight w is the lane's pick of the weight word (`w`: the byte of the slot the lane computes, which
+    in SDP differs from lane to lane), or with `own` the PE's own register (`own_w`: the reduction-split
+    mapping, where every PE has its own weight). The two 2-bit digits of `mag` each pick 0, w, 2w or 3w
+    (one adder), and one add makes w * mag. No multiplier (hence no DSP), and a lane with nothing to do
+    has `mag` 0."""
     acc = acc_signal()
     total = acc_signal()
     x1, x3 = signed(WEIGHT_BITS), signed(WEIGHT_BITS + 2)
@@ -64,11 +68,13 @@ def pe(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, result):
     @always_comb
     def weight():
         if own:
-            x1.next = own1
-            x3.next = own3
+            x1.next = own_w
         else:
-            x1.next = w1
-            x3.next = w3
+            x1.next = w
+
+    @always_comb
+    def triple():
+        x3.next = x1 + x1 * 2
 
     @always_comb
     def digits():
@@ -116,11 +122,11 @@ def pe(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, result):
         if capture:
             result.next = total
 
-    return weight, digits, product, scale, accumulate, update
+    return weight, triple, digits, product, scale, accumulate, update
 
 
 @block
-def pe_instance(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, result):
+def pe_instance(clk, reset, capture, mag, neg, hi, w, own_w, own, result):
     """An instance of the PE module (`pe`, converted once as PE_MODULE)."""
 
     @always(clk.posedge)
@@ -128,12 +134,12 @@ def pe_instance(clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own, resu
         result.next = result
 
     result.driven = "reg"
-    for s in (clk, reset, capture, mag, neg, hi, w1, w3, own1, own3, own):
+    for s in (clk, reset, capture, mag, neg, hi, w, own_w, own):
         s.read = True
     return stand_in
 
 
-_PE_PORTS = ("clk", "reset", "capture", "mag", "neg", "hi", "w1", "w3", "own1", "own3", "own", "result")
+_PE_PORTS = ("clk", "reset", "capture", "mag", "neg", "hi", "w", "own_w", "own", "result")
 pe_instance.verilog_code = (PE_MODULE + " ${result}_pe (" + ", ".join(f".{n}(${n})" for n in _PE_PORTS) + ");")
 pe_instance.vhdl_code = ("${result}_pe: entity work." + PE_MODULE + " port map ("
                          + ", ".join(f"{n} => ${n}" for n in _PE_PORTS) + ");")
@@ -143,8 +149,8 @@ def pe_ports() -> dict[str, Signal]:
     """The PE module's ports, as `conv_engine` connects them."""
     return {"clk": Signal(bool(0)), "reset": Signal(bool(0)), "capture": Signal(bool(0)),
             "mag": Signal(intbv(0)[MAG_BITS:]), "neg": Signal(bool(0)), "hi": Signal(bool(0)),
-            "w1": signed(WEIGHT_BITS), "w3": signed(WEIGHT_BITS + 2), "own1": signed(WEIGHT_BITS),
-            "own3": signed(WEIGHT_BITS + 2), "own": Signal(bool(0)), "result": acc_signal()}
+            "w": signed(WEIGHT_BITS), "own_w": signed(WEIGHT_BITS), "own": Signal(bool(0)),
+            "result": acc_signal()}
 
 
 @block
@@ -161,7 +167,10 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     A DRQ layer (`f["drq"]`) first runs the region predictor over its input; the line fill then reads each
     pixel's flag from the flag plane beside it, and an insensitive pixel enters the line as its 4-bit value
-    (`numerics.insensitive`) with a `low` bit that makes it one step (one term part) for its lane."""
+    (`numerics.insensitive`) with a `low` bit that makes it one step (one term part) for its lane.
+
+    An SDP layer (`f["sdp"]`) runs units of g = 2**f["lg"] line slots: in each, every lane takes its k
+    (`f["k"]`) most important term parts one a step (`sdp_pick`), each with the weight of its own slot."""
     line_bytes = LINE_WINDOWS * rows
     f_cin_g = f["cin_g"]
     f_cout_g = f["cout_g"]
@@ -194,6 +203,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     f_drq = f["drq"]
     f_insens_hi = f["insens_hi"]
     f_rh, f_lrh = f["rh"], f["lrh"]
+    f_sdp, f_lg, f_k = f["sdp"], f["lg"], f["k"]
     wbytes = word_bytes(cols)
     records = wbytes // PARAM_BYTES
     rb, wbb = log2(rows), log2(wbytes)
@@ -220,6 +230,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     kh, kw, sh, sw, pt, pl = reg(8), reg(8), reg(4), reg(4), reg(4), reg(4)
     s0_signed, zero_skip = Signal(bool(0)), Signal(bool(0))
     drq, insens_hi = Signal(bool(0)), Signal(bool(0))  # DRQ: insensitive pixels by their high or low part
+    sdp, lg, keep = Signal(bool(0)), reg(len(f_lg)), reg(len(f_k))  # SDP: log2 of g; parts kept per unit
     fplane = reg(33)  # flag plane: bits per channel (region rows x input width)
     lrh = reg(len(f_lrh))
     split = Signal(bool(0))  # the reduction-split mapping: lane j takes input channel chunk * rows + j
@@ -269,17 +280,19 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     c_busy = Signal(bool(0))  # the compute item still has taps to run
     tap_b = reg(8)
     tap_start = Signal(bool(0))
-    u_cur, s_cur = reg(3), reg(2)
+    u_cur, s_cur = reg(3), reg(STEP_BITS)
     w_tap = reg(34)
     # per-lane part of this cycle
     lane_mag = [reg(MAG_BITS) for _ in range(rows)]
     lane_neg = [Signal(bool(0)) for _ in range(rows)]
     lane_hi = [Signal(bool(0)) for _ in range(rows)]
     lane_en = [Signal(bool(0)) for _ in range(rows)]
-    lane_n = [reg(2) for _ in range(rows)]  # each lane's steps in the unit of this cycle
+    lane_n = [reg(STEP_BITS) for _ in range(rows)]  # each lane's steps in the unit of this cycle
+    lane_slot = [reg(3) for _ in range(rows)]  # the line slot (and weight byte) each lane computes with
     eff_u = reg(3)
     any_unit = Signal(bool(0))
-    unit_cost = [reg(2) for _ in range(BLOCK)]
+    slot_work = [Signal(bool(0)) for _ in range(BLOCK)]  # some lane has a step in this slot (int8 rule)
+    work = reg(BLOCK)  # units with a step for some lane: slots, or in SDP groups of g slots
     lane_steps = [[reg(2) for _ in range(BLOCK)] for _ in range(rows)]
     lane_vals = [[reg(8) for _ in range(BLOCK)] for _ in range(rows)]
     lane_low = [[Signal(bool(0)) for _ in range(BLOCK)] for _ in range(rows)]
@@ -310,48 +323,72 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     last_now = Signal(bool(0))
 
     # ---- PEs -----------------------------------------------------------------------------------------
-    col_w1 = [signed(WEIGHT_BITS) for _ in range(cols)]
-    col_w3 = [signed(WEIGHT_BITS + 2) for _ in range(cols)]
+    pe_w = [[signed(WEIGHT_BITS) for _ in range(cols)] for _ in range(rows)]
     pe_out = [[acc_signal() for _ in range(cols)] for _ in range(rows)]
-    own_w1 = [[signed(WEIGHT_BITS) for _ in range(cols)] for _ in range(rows)]
-    own_w3 = [[signed(WEIGHT_BITS + 2) for _ in range(cols)] for _ in range(rows)]
+    own_w = [[signed(WEIGHT_BITS) for _ in range(cols)] for _ in range(rows)]
     for j in range(rows):
         for k in range(cols):
-            insts.append(pe_instance(clk, pe_reset, start_drain, lane_mag[j], lane_neg[j], lane_hi[j], col_w1[k],
-                                     col_w3[k], own_w1[j][k], own_w3[j][k], split, pe_out[j][k]))
+            insts.append(pe_instance(clk, pe_reset, start_drain, lane_mag[j], lane_neg[j], lane_hi[j], pe_w[j][k],
+                                     own_w[j][k], split, pe_out[j][k]))
 
     # split weights: word q of a chunk holds lanes q*BLOCK.. (byte t*cols + k: lane q*BLOCK + t, column k);
     # words land one a cycle, the last in the cycle its phase ends, so the others wait in shadow registers
     qb = log2(words)
     land_en, land_q = Signal(bool(0)), reg(qb)
     take_own = Signal(bool(0))
-    word_w1 = [signed(WEIGHT_BITS) for _ in range(wbytes)]
-    word_w3 = [signed(WEIGHT_BITS + 2) for _ in range(wbytes)]
-    for b in range(wbytes):
-        insts.append(byte_multiples(wa_data(8 * b + 8, 8 * b), word_w1[b], word_w3[b]))
     for j in range(rows):
         q, t = divmod(j, BLOCK)
         for k in range(cols):
-            insts.append(own_weight(clk, word_w1[t * cols + k], word_w3[t * cols + k], land_en, land_q, take_own,
-                                    own_w1[j][k], own_w3[j][k], q, q == words - 1))
+            byte = 8 * (t * cols + k)
+            insts.append(own_weight(clk, wa_data(byte + 8, byte), land_en, land_q, take_own, own_w[j][k], q,
+                                    q == words - 1))
     pe_cols = [ConcatSignal(*reversed([pe_out[j][k] for k in range(cols)])) for j in range(rows)]
 
-    # column weights: byte (u * cols + k) of the word, for the sequencer's unit u, and three times it
+    # PE weights: byte (slot * cols + k) of the word, for the slot lane j computes with
     for k in range(cols):
-        insts.append(column_weight(wa_data, eff_u, col_w1[k], col_w3[k], k, cols))
+        column = ConcatSignal(*reversed([wa_data(8 * (t * cols + k) + 8, 8 * (t * cols + k)) for t in range(BLOCK)]))
+        for j in range(rows):
+            insts.append(slot_weight(column, lane_slot[j], pe_w[j][k]))
 
     # lanes: the byte of each slot at position stride*j, its steps; the part of this cycle
+    sdp_step = Signal(bool(0))  # an SDP unit computes this cycle: the lanes mark the parts they take
     for j in range(rows):
         for t in range(BLOCK):
             insts.append(lane_value(line_a[t], sw, lane_vals[j][t], j))
             insts.append(lane_value(low_a[t], sw, lane_low[j][t], j))
             insts.append(steps_of_lane(lane_vals[j][t], lane_low[j][t], s0_signed, zero_skip, ci_lanes, ci_nch,
                                        lane_steps[j][t], j, t))
-        insts.append(part_of_lane(lane_vals[j], lane_low[j], lane_steps[j], eff_u, s_cur, s0_signed, insens_hi,
-                                  zero_skip, any_unit, lane_mag[j], lane_neg[j], lane_hi[j], lane_en[j], lane_n[j]))
+        vals = ConcatSignal(*reversed(lane_vals[j]))
+        pick = {"slot": reg(3), "part": signed(MAG_BITS + 1), "hi": Signal(bool(0)), "n": reg(STEP_BITS)}
+        insts.append(sdp_pick(clk, vals, s0_signed, eff_u, lg, keep, zero_skip, ci_lanes, ci_nch, s_cur, sdp_step,
+                              pick["slot"], pick["part"], pick["hi"], pick["n"], j))
+        insts.append(part_of_lane(vals, lane_low[j], lane_steps[j], eff_u, s_cur, s0_signed, insens_hi, zero_skip,
+                                  any_unit, sdp, pick, lane_slot[j], lane_mag[j], lane_neg[j], lane_hi[j], lane_en[j],
+                                  lane_n[j]))
 
     for t in range(BLOCK):
-        insts.append(cost_of_unit([lane_steps[j][t] for j in range(rows)], unit_cost[t]))
+        insts.append(slot_has_work([lane_steps[j][t] for j in range(rows)], slot_work[t]))
+    slots_busy = ConcatSignal(*reversed(slot_work))
+
+    @always_comb
+    def unit_work():
+        # int8/DRQ: a unit is a slot; SDP: unit u is slots u*g .. u*g+g-1, and none has work when k is 0
+        bits = 0
+        for u in range(BLOCK):
+            has = False
+            if sdp:
+                for t in range(BLOCK):
+                    if (t >> int(lg)) == u and slots_busy[t]:
+                        has = True
+                if keep == 0:
+                    has = False
+            elif slots_busy[u]:
+                has = True
+            if has:
+                bits = bits | (1 << u)
+        work.next = bits
+
+    insts.append(unit_work)
 
     # ---- DRQ: the region predictor and the flag plane it writes ----------------------------------------
     pr_go, pr_finish = Signal(bool(0)), Signal(bool(0))
@@ -459,7 +496,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     insts += [read_column, fill_capture, capture_mask, fill_address, fill_port]
 
     # ---- the tap sequencer ---------------------------------------------------------------------------
-    costs = ConcatSignal(*reversed(unit_cost))
     next_u = reg(3)
     more_units = Signal(bool(0))
 
@@ -471,7 +507,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         n = 0
         found = False
         for t in range(BLOCK):
-            if not found and ((costs >> (2 * t)) & 3) != 0:
+            if not found and work[t]:
                 n = t
                 found = True
         first_u.next = n
@@ -491,20 +527,45 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             any_unit.next = first_found and c_busy
         else:
             eff_u.next = u_cur
-            any_unit.next = ((costs >> (2 * int(u_cur))) & 3) != 0 and c_busy
+            any_unit.next = work[u_cur] and c_busy
 
     @always_comb
     def following_unit():
         n = 0
         found = False
         for t in range(BLOCK):
-            if not found and t > eff_u and ((costs >> (2 * t)) & 3) != 0:
+            if not found and t > eff_u and work[t]:
                 n = t
                 found = True
         next_u.next = n
         more_units.next = found
 
-    insts += [first_unit, unit_choice, following_unit]
+    @always_comb
+    def sdp_marks():
+        sdp_step.next = sdp and any_unit
+
+    # the unit goes on while some lane has a step left; a lane that finished early waits (a stall cycle)
+    lanes_n = ConcatSignal(*reversed(lane_n))
+    more_steps, lagging = Signal(bool(0)), Signal(bool(0))  # a lane has a step after this one; one is done
+    step_mask = (1 << STEP_BITS) - 1
+
+    @always_comb
+    def lane_progress():
+        more = False
+        slow = False
+        working = False
+        for j in range(rows):
+            n = int((lanes_n >> (STEP_BITS * j)) & step_mask)
+            if s_cur + 1 < n:
+                more = True
+            if s_cur < n:
+                working = True
+            if j < ci_lanes and n <= s_cur:
+                slow = True
+        more_steps.next = more
+        lagging.next = slow and working  # a split chunk runs on after its slowest lane: not a stall
+
+    insts += [first_unit, unit_choice, following_unit, sdp_marks, lane_progress]
 
     # ---- weight address: the word of the tap computed in the next cycle -----------------------------
     # the fill item's first weight word, and that of its (group, column tile): counted, not multiplied
@@ -522,7 +583,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
         elif pool_op:
             finish = u_cur + 1 >= ci_nch
         elif any_unit:
-            if s_cur + 1 < ((costs >> (2 * int(eff_u))) & 3) or more_units:
+            if more_steps or more_units:
                 finish = False
         tap_end.next = c_busy and finish
         c_done_now.next = (not c_busy) or (finish and tap_b + 1 >= kw)
@@ -729,6 +790,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 s0_signed.next = f_s0_signed
                 zero_skip.next = f_zero_skip
                 drq.next = f_drq
+                sdp.next = f_sdp
+                lg.next = f_lg
+                keep.next = f_k
                 insens_hi.next = f_insens_hi
                 lrh.next = f_lrh
                 fplane.next = ((int(f_ih) + int(f_rh) - 1) >> int(f_lrh)) * int(f_iw)
@@ -834,7 +898,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                         tap_b.next = tap_b + 1
                     else:
                         c_busy.next = 0
-                elif s_cur + 1 < ((costs >> (2 * int(eff_u))) & 3):
+                elif more_steps:
                     s_cur.next = s_cur + 1
                     u_cur.next = eff_u
                     tap_start.next = 0
@@ -1110,26 +1174,19 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     insts.append(stage_terms)
 
     # ---- counters: compute cycles; and, on a group's first column tile, lane steps and lock-step stalls ----
-    lanes_n = ConcatSignal(*reversed(lane_n))
     lanes_en = ConcatSignal(*reversed(lane_en))
     k_compute, k_stall, k_steps = reg(32), reg(32), reg(32)
-    cycle_steps, cycle_stall = reg(rb + 1), reg(2)
+    cycle_steps, cycle_stall = reg(rb + 1), Signal(bool(0))
 
     @always_comb
     def count_cycle():
+        # stall_cycles = sum over units of (slowest - fastest lane) = the unit's cycles with a lane done
         total = 0
-        fastest = 3
         for j in range(rows):
-            n = int((lanes_n >> (2 * j)) & 3)
             if (lanes_en >> j) & 1:
                 total = total + 1
-            if j < ci_lanes and n < fastest:
-                fastest = n
         cycle_steps.next = total
-        n = 0
-        if any_unit and s_cur == 0:
-            n = int((costs >> (2 * int(eff_u))) & 3) - fastest
-        cycle_stall.next = n
+        cycle_stall.next = any_unit and lagging
 
     @always(clk.posedge)
     def count():
@@ -1234,24 +1291,17 @@ def capture_byte(byte, flag, lo, hi, row_ok, pad, drq, signed_in, use_hi, out, l
 
 
 @block
-def column_weight(word, u, w1, w3, k: int, cols: int):
-    """Column k's weight for unit (line slot) u: byte u*cols + k of the weight word, signed; and 3 times it."""
-    parts = ConcatSignal(*reversed([word(8 * (t * cols + k) + 8, 8 * (t * cols + k)) for t in range(BLOCK)]))
-    w = signed(WEIGHT_BITS)
+def slot_weight(column, slot, w):
+    """A PE's weight: the byte of its lane's line slot among its column's BLOCK bytes of the weight word."""
 
     @always_comb
     def select():
-        v = int((parts >> (8 * int(u))) & 0xFF)
+        v = int((column >> (8 * int(slot))) & 0xFF)
         if v >= 128:
             v = v - 256
         w.next = v
 
-    @always_comb
-    def multiples():
-        w1.next = w
-        w3.next = w + w * 2
-
-    return select, multiples
+    return select
 
 
 @block
@@ -1308,30 +1358,101 @@ def steps_of_lane(value, low, signed, zero_skip, lanes, nch, steps, j: int, t: i
 
 
 @block
-def cost_of_unit(steps, cost):
-    """A unit costs its slowest lane: steps are 0, 1 or 2, so the maximum is two OR reductions."""
-    low_bits = ConcatSignal(*reversed([n(0) for n in steps]))
-    high_bits = ConcatSignal(*reversed([n(1) for n in steps]))
+def slot_has_work(steps, busy):
+    """Some lane has a step in this slot (steps are 0, 1 or 2: an OR of their bits)."""
+    bits = ConcatSignal(*reversed([n(0) for n in steps] + [n(1) for n in steps]))
 
     @always_comb
-    def slowest():
-        if high_bits != 0:
-            cost.next = 2
-        elif low_bits != 0:
-            cost.next = 1
-        else:
-            cost.next = 0
+    def any_lane():
+        busy.next = bits != 0
 
-    return slowest
+    return any_lane
 
 
 @block
-def part_of_lane(values, lows, steps, u, s, signed_in, use_hi, zero_skip, active, mag, neg, hi_out, en, n_out):
-    """The term part lane j multiplies this cycle: step s of unit u (high part first; with zero-part
-    skipping the first non-zero part first), as a magnitude and sign; magnitude 0 when the lane idles. A
-    `low` byte is one part: its high part (`use_hi`, the value is 16 * part) or the value itself (|v| <= 15)."""
-    vals = ConcatSignal(*reversed(values))
+def sdp_pick(clk, values, signed_in, u, lg, k, zero_skip, lanes, nch, s, step, slot, part, hi_out, n_out, j: int):
+    """SDP's term-part selector of lane j. Unit u is line slots u*g .. u*g+g-1 (g = 2**lg); at step s the
+    lane takes the most important part of the unit it has not taken yet (importance 16|hi| for a high
+    part, |lo| for a low one; ties to high parts, then to the lower slot: the order of `numerics.sdp_keep`),
+    so its first k steps multiply exactly the k parts SDP keeps. Its steps in the unit: k, or with zero-part
+    skipping min(k, its non-zero parts) (the kept zero parts add nothing); none past the row's end or for a
+    unit past the block's channels. `step`: the unit computes this cycle, so the part is marked taken."""
+    taken = Signal(intbv(0)[PARTS:])
+    best_p = Signal(intbv(0)[log2(PARTS):])
+    found = Signal(bool(0))
+    part_mask = nx.PART_SCALE - 1
+
+    @always_comb
+    def select():
+        best = 0
+        at = 0
+        got = False
+        nonzero = 0
+        for p in range(PARTS):
+            t = p % BLOCK
+            v = int((values >> (8 * t)) & 0xFF)
+            key = v & part_mask
+            if p < BLOCK:  # a high part outranks every low part unless it is 0
+                h = v >> nx.PART_BITS
+                if signed_in and v >= 128:
+                    h = (v - 256) >> nx.PART_BITS
+                key = 0
+                if h > 0:
+                    key = nx.PART_SCALE + h
+                elif h < 0:
+                    key = nx.PART_SCALE - h
+            in_unit = (t >> int(lg)) == u and t < nch
+            if in_unit and key != 0:
+                nonzero = nonzero + 1
+            if in_unit and (s == 0 or not taken[p]) and (not got or key > best):
+                best = key
+                at = p
+                got = True
+        best_p.next = at
+        found.next = got
+        n = int(k)
+        if zero_skip and nonzero < n:
+            n = nonzero
+        if j >= lanes or (int(u) << int(lg)) >= nch:
+            n = 0
+        n_out.next = n
+
+    @always_comb
+    def chosen():
+        t = int(best_p) % BLOCK
+        v = int((values >> (8 * t)) & 0xFF)
+        x = v
+        if signed_in and v >= 128:
+            x = v - 256
+        q = v & part_mask
+        if best_p < BLOCK:
+            q = x >> nx.PART_BITS
+        if not found:
+            q = 0
+        slot.next = t
+        part.next = q
+        hi_out.next = best_p < BLOCK
+
+    @always(clk.posedge)
+    def mark():
+        if step:
+            if s == 0:
+                taken.next = 0
+            if found:
+                taken.next[int(best_p)] = 1
+
+    return select, chosen, mark
+
+
+@block
+def part_of_lane(vals, lows, steps, u, s, signed_in, use_hi, zero_skip, active, sdp, pick, slot, mag, neg, hi_out,
+                 en, n_out):
+    """The term part lane j multiplies this cycle and its slot: step s of unit u (high part first; with
+    zero-part skipping the first non-zero part first), as a magnitude and sign; magnitude 0 when the lane
+    idles. A `low` byte is one part: its high part (`use_hi`, the value is 16 * part) or the value itself
+    (|v| <= 15). In SDP the part, slot and steps are `sdp_pick`'s."""
     low_bits = ConcatSignal(*reversed(lows))
+    p_slot, p_part, p_hi, p_n = pick["slot"], pick["part"], pick["hi"], pick["n"]
     stps = ConcatSignal(*reversed(steps))
 
     @always_comb
@@ -1354,6 +1475,12 @@ def part_of_lane(values, lows, steps, u, s, signed_in, use_hi, zero_skip, active
                 part = h
         elif take_hi:
             part = h
+        t = int(u)
+        if sdp:
+            take_hi = p_hi == 1
+            part = int(p_part)
+            n = int(p_n)
+            t = int(p_slot)
         on = active and s < n
         if not on:
             part = 0
@@ -1366,6 +1493,7 @@ def part_of_lane(values, lows, steps, u, s, signed_in, use_hi, zero_skip, active
         hi_out.next = take_hi
         en.next = on
         n_out.next = n
+        slot.next = t
 
     return choose
 
@@ -1402,44 +1530,25 @@ def line_window(clk, hit, cap_data, window):
 
 
 @block
-def byte_multiples(byte, w1, w3):
-    """A weight byte as a signed value and three times it (one adder per byte of the word, shared by the
-    PEs that load it)."""
-
-    @always_comb
-    def multiples():
-        v = int(byte)
-        if v >= 128:
-            v = v - 256
-        w1.next = v
-        w3.next = v * 3
-
-    return multiples
-
-
-@block
-def own_weight(clk, w1, w3, land_en, land_q, take, own1, own3, q: int, last: bool):
-    """A PE's own weight (w and 3w) for the reduction split, from word q of its chunk. The last word lands
-    in the cycle the phase ends and goes straight in; earlier words wait in a shadow register until then."""
+def own_weight(clk, byte, land_en, land_q, take, own, q: int, last: bool):
+    """A PE's own weight for the reduction split, from word q of its chunk. The last word lands in the cycle
+    the phase ends and goes straight in; earlier words wait in a shadow register until then."""
     if last:
 
         @always(clk.posedge)
         def direct():
             if take:
-                own1.next = w1
-                own3.next = w3
+                own.next = byte.signed()
 
         return direct
-    shadow1, shadow3 = signed(WEIGHT_BITS), signed(WEIGHT_BITS + 2)
+    shadow = signed(WEIGHT_BITS)
 
     @always(clk.posedge)
     def shadowed():
         if land_en and land_q == q:
-            shadow1.next = w1
-            shadow3.next = w3
+            shadow.next = byte.signed()
         if take:
-            own1.next = shadow1
-            own3.next = shadow3
+            own.next = shadow
 
     return shadowed
 

@@ -17,7 +17,16 @@ from myhdl import ConcatSignal, ResetSignal, Signal, always, always_comb, block,
 from dynq.boards import Board
 from dynq.contract import CONTRACT_VERSION, ErrorCode, Instr, Memory, Mode, Op, PrecisionRegs, timing
 from dynq.contract import registers as rg
-from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, REGION_MAX, REGION_ROW_TILES, log2
+from dynq.contract.array import (
+    BLOCK,
+    LINE_WINDOWS,
+    MAX_STRIDE,
+    POOL_ROW_TILES,
+    REGION_MAX,
+    REGION_ROW_TILES,
+    SDP_G_VALUES,
+    log2,
+)
 from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
@@ -42,7 +51,7 @@ def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
     return None
 
 
-RTL_MODES = (Mode.INT8, Mode.DRQ)
+RTL_MODES = (Mode.INT8, Mode.DRQ, Mode.SDP)
 """Precision modes the core runs a CONV in; the others stop with BAD_OPCODE."""
 FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
 """Instruction words the core reads; the rest of the record is reserved."""
@@ -118,7 +127,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     op_nop, op_move, op_add, op_end, op_conv, op_pool = (int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END),
                                                          int(Op.CONV), int(Op.POOL))
     e_overflow, e_precision = ErrorCode.BUFFER_OVERFLOW, ErrorCode.BAD_PRECISION
-    mode_int8, mode_drq = int(Mode.INT8), int(Mode.DRQ)
+    mode_int8, mode_drq, mode_sdp = int(Mode.INT8), int(Mode.DRQ), int(Mode.SDP)
     mode_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "MODE")
     mode_field, skip_field, hi_field = (mode_reg.field(n) for n in ("mode", "zero_skip", "insens_hi"))
     mode_index = rg.PRECISION_REGISTERS.index(mode_reg)
@@ -126,6 +135,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     rh_field, rw_field = region_reg.field("rh"), region_reg.field("rw")
     region_index = rg.PRECISION_REGISTERS.index(region_reg)
     threshold_index = next(i for i, r in enumerate(rg.PRECISION_REGISTERS) if r.name == "THRESHOLD")
+    sdp_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "SDP")
+    g_field, k_field = sdp_reg.field("g"), sdp_reg.field("k")
+    sdp_index = rg.PRECISION_REGISTERS.index(sdp_reg)
+    sdp_g_max, sdp_log_max = max(SDP_G_VALUES), log2(max(SDP_G_VALUES))
+    assert SDP_G_VALUES == tuple(1 << i for i in range(sdp_log_max + 1)), "SDP's g: the powers of two up to a maximum"
     region_max, region_log_max = REGION_MAX, REGION_LOG_MAX
     region_row = REGION_ROW_TILES * rows
     cols = arch.cols
@@ -769,24 +783,29 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     insts += [fetch_shift, exec_comb, pipeline_tags, sequencer, arena_ports, lane_operands]
 
     # ---- convolution engine -------------------------------------------------------------------------------
-    mode_core, region_core, threshold_core = word(), word(), word()
+    mode_core, region_core, threshold_core, sdp_core = word(), word(), word(), word()
     layer_q = Signal(intbv(0)[lw:])
     f_zero_skip, f_insens_hi, f_drq = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     f_rh, f_rw = Signal(intbv(0)[rh_field.width:]), Signal(intbv(0)[rw_field.width:])
     f_lrh, f_lrw = Signal(intbv(0)[REGION_BITS:]), Signal(intbv(0)[REGION_BITS:])  # their log2 (when valid)
+    f_sdp = Signal(bool(0))
+    f_lg = Signal(intbv(0)[log2(max(SDP_G_VALUES)).bit_length():])  # log2 of SDP's g (when valid)
+    f_k = Signal(intbv(0)[(2 * max(SDP_G_VALUES)).bit_length():])  # SDP's k (when valid: at most 2g)
     layer_lsb = FIELD["layer"].lsb
     assert FIELD["layer"].word == 0
     # the engine's copies of the layer's precision registers, read at the fetched layer
     insts.append(ram(clk, prec_we(mode_index), prec_wa, wr_data, layer_q, mode_core, rg.MAX_LAYERS))
     insts.append(ram(clk, prec_we(region_index), prec_wa, wr_data, layer_q, region_core, rg.MAX_LAYERS))
     insts.append(ram(clk, prec_we(threshold_index), prec_wa, wr_data, layer_q, threshold_core, rg.MAX_LAYERS))
+    insts.append(ram(clk, prec_we(sdp_index), prec_wa, wr_data, layer_q, sdp_core, rg.MAX_LAYERS))
     cin_g, cout_g = Signal(intbv(0)[FIELD["cin"].width:]), Signal(intbv(0)[FIELD["cout"].width:])
     col_tiles = Signal(intbv(0)[FIELD["cout"].width:])
     blocks = Signal(intbv(0)[FIELD["cin"].width:])
     f_split, f_pool = Signal(bool(0)), Signal(bool(0))
     engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g, "col_tiles": col_tiles,
                      "blocks": blocks, "split": f_split, "pool": f_pool, "drq": f_drq, "insens_hi": f_insens_hi,
-                     "rh": f_rh, "lrh": f_lrh, "lrw": f_lrw, "threshold": threshold_core}
+                     "rh": f_rh, "lrh": f_lrh, "lrw": f_lrw, "threshold": threshold_core, "sdp": f_sdp, "lg": f_lg,
+                     "k": f_k}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
                              c_last, c_compute, c_stall, c_steps, c_sensitive, c_regions))
@@ -877,6 +896,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         f_rw.next = rw
         good_region = (rh != 0 and (rh & (rh - 1)) == 0 and rh <= region_max
                        and rw != 0 and (rw & (rw - 1)) == 0 and rw <= region_max)
+        f_sdp.next = f_opcode == op_conv and mode == mode_sdp
+        g_sdp = int(sdp_core[g_field.lsb + g_field.width:g_field.lsb])
+        k_sdp = int(sdp_core[k_field.lsb + k_field.width:k_field.lsb])
+        good_sdp = g_sdp != 0 and (g_sdp & (g_sdp - 1)) == 0 and g_sdp <= sdp_g_max and k_sdp <= 2 * g_sdp
+        f_k.next = k_sdp & ((1 << len(f_k)) - 1)
         err = e_ok
         g = int(f_groups)
         cin = int(f_cin)
@@ -910,8 +934,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_opcode
         elif mode == mode_drq and not good_region:
             err = e_precision  # contract PrecisionRegs.validate
-        elif mode != mode_int8 and mode != mode_drq:
-            err = e_opcode  # SDP and DAQ are not in this build
+        elif mode == mode_sdp and not good_sdp:
+            err = e_precision
+        elif mode == mode_sdp and f_split:
+            err = e_precision  # contract precision.conv_cost: SDP needs a spatial layer
+        elif mode != mode_int8 and mode != mode_drq and mode != mode_sdp:
+            err = e_opcode  # DAQ is not in this build
         elif f_split and in_size != cin:
             err = e_opcode  # a split over an input larger than 1x1 is not in this build
         elif not f_split and cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):
@@ -944,11 +972,20 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             if f_rw == (1 << i):
                 f_lrw.next = i
 
+    g_of_sdp = sdp_core(g_field.lsb + g_field.width, g_field.lsb)
+
+    @always_comb
+    def group_log():
+        f_lg.next = 0
+        for i in range(1, sdp_log_max + 1):
+            if g_of_sdp == (1 << i):
+                f_lg.next = i
+
     @always_comb
     def conv_go():
         c_start.next = (state == s_t.FETCH and cyc == setup_last and (f_opcode == op_conv or f_opcode == op_pool)
                         and conv_err == e_ok)
 
     insts += [layer_of_instruction, group_sizes, weight_tiles, window_spans, window_geometry, conv_sizes, split_mapping,
-              conv_check, region_logs, conv_go]
+              conv_check, region_logs, group_log, conv_go]
     return insts

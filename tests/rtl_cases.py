@@ -14,7 +14,7 @@ import numpy as np
 from dynq.boards import Board
 from dynq.contract import Mode, Op, PrecisionRegs, encode, layout, timing
 from dynq.contract import numerics as nx
-from dynq.contract.array import REGION_MAX, log2, window_limits
+from dynq.contract.array import REGION_MAX, SDP_G_VALUES, log2, window_limits
 from dynq.contract.registers import MAX_LAYERS
 from dynq.runtime.artifacts import Build
 
@@ -161,16 +161,21 @@ def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeomet
     program = encode(Op.CONV, **fields) + encode(Op.END)
     arena = data.integers(0, 256, ARENA_BYTES, dtype=np.uint8)
     arena[offsets[0]:offsets[0] + sizes[0]] *= data.random(sizes[0]) < 0.7  # zeros for zero-part skipping
-    registers = [_precision(rng, ih, iw)] * MAX_LAYERS
+    registers = [_precision(rng, ih, iw, spatial=not timing.reduction_split(g))] * MAX_LAYERS
     return Case(name, case_build(board, name, program, weights, ARENA_BYTES), arena.tobytes(), registers)
 
 
-def _precision(rng: random.Random, ih: int, iw: int) -> PrecisionRegs:
-    """int8 or DRQ (half each), with or without zero-part skipping; DRQ with a random region, 4-bit rule and
-    a threshold around the sums of |x| that the case's random bytes give, so that both kinds of region occur."""
+def _precision(rng: random.Random, ih: int, iw: int, spatial: bool) -> PrecisionRegs:
+    """int8, DRQ or (on a spatial layer) SDP, with or without zero-part skipping. DRQ with a random region,
+    4-bit rule and a threshold around the sums of |x| that the case's random bytes give, so that both kinds
+    of region occur; SDP with a random g and any k from 0 to 2g."""
     zero_skip = rng.random() < 0.5
-    if rng.random() < 0.5:
+    draw = rng.random()
+    if draw < 1 / 3:
         return PrecisionRegs(zero_skip=zero_skip)
+    if draw < 2 / 3 and spatial:
+        g = rng.choice(SDP_G_VALUES)
+        return PrecisionRegs(mode=Mode.SDP, zero_skip=zero_skip, g=g, k=rng.randint(0, 2 * g))
     rh, rw = rng.choice(REGION_SIDES), rng.choice(REGION_SIDES)
     threshold = int(min(rh, ih) * min(rw, iw) * rng.uniform(20, 100))
     return PrecisionRegs(mode=Mode.DRQ, zero_skip=zero_skip, insens_hi=rng.random() < 0.5, threshold=threshold,

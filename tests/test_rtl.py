@@ -162,32 +162,37 @@ def zoo_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: root / name for name in ("lenet5", "resnet_small")}
 
 
-@pytest.mark.parametrize("mode, zero_skip", [("int8", False), ("int8", True), ("drq", False), ("drq", True)],
-                         ids=["int8", "int8-zero-skip", "drq", "drq-zero-skip"])
+@pytest.mark.parametrize("mode, zero_skip", [(m, z) for m in ("int8", "drq", "sdp") for z in (False, True)],
+                         ids=[m + z for m in ("int8", "drq", "sdp") for z in ("", "-zero-skip")])
 @pytest.mark.parametrize("name", ["lenet5", "resnet_small"])
 def test_zoo_model_on_rtl_matches_emulator(zoo_builds: dict[str, Path], name: str, mode: str,
                                            zero_skip: bool) -> None:
     """The bundled LeNet-5 (fused pooling, Gemm) and ResNet (strided convs, residual Adds, global average
-    pooling, Gemm) run on the RTL core entirely, in int8 and with the calibrated DRQ thresholds."""
+    pooling, Gemm) run on the RTL core entirely, in int8 and with the calibrated DRQ thresholds and SDP K."""
     model = dynq.load(zoo_builds[name], mode=mode)
-    if mode == "drq":
-        assert any(r.mode == Mode.DRQ for r in model.registers), "the policy kept no layer in DRQ"
+    if mode != "int8":
+        assert any(r.mode == Mode[mode.upper()] for r in model.registers), f"the policy kept no layer in {mode}"
     for index in range(len(model.layers)):
         model.set_layer(index, zero_skip=zero_skip)
     images, _ = bundled_samples()
     _rtl_agrees(model, images[32:36].astype(np.float32) / 255)
 
 
-def test_threshold_rewrite_between_runs(zoo_builds: dict[str, Path]) -> None:
-    """Precision is a register: a new DRQ threshold, written between two runs of the program the core holds,
-    changes outputs and cycles exactly as the emulator says (`verify` compares every tensor and layer)."""
-    model = dynq.load(zoo_builds["resnet_small"], mode="drq")
-    layer = next(i for i, r in enumerate(model.registers) if r.mode == Mode.DRQ)
+@pytest.mark.parametrize("mode, settings", [
+    (Mode.DRQ, [dict(threshold=0), dict(threshold=1 << 20)]),  # every region sensitive; none
+    (Mode.SDP, [dict(g=4, k=8), dict(g=4, k=2)]),  # every part kept; a quarter of them
+], ids=["drq-threshold", "sdp-k"])
+def test_precision_rewrite_between_runs(zoo_builds: dict[str, Path], mode: Mode, settings: list[dict]) -> None:
+    """Precision is a register: a new DRQ threshold or SDP K, written between two runs of the program the
+    core holds, changes outputs and cycles exactly as the emulator says (`verify` compares every tensor and
+    layer)."""
+    model = dynq.load(zoo_builds["resnet_small"], mode=mode.name.lower())
+    layer = next(i for i, r in enumerate(model.registers) if r.mode == mode)
     x = bundled_samples()[0][40:42].astype(np.float32) / 255
     try:
         runs = []
-        for threshold in (0, 1 << 20):  # every region sensitive; none
-            model.set_layer(layer, threshold=threshold)
+        for setting in settings:
+            model.set_layer(layer, **setting)
             runs.append(model.run(x, backend="rtl", verify=True, trace=True))
             if len(runs) == 1:
                 device = model._rtl
@@ -221,8 +226,8 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
     conv = encode(Op.CONV, layer=3, cin=8, cout=4, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, groups=1)
     case = _raw_case(conv + encode(Op.END))
-    case.registers[3] = PrecisionRegs(mode=Mode.SDP)
-    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*sdp mode"):
+    case.registers[3] = PrecisionRegs(mode=Mode.DAQ)
+    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*daq mode"):
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
 
 
@@ -252,7 +257,12 @@ def test_bad_convolutions_stop_like_the_emulator(sim: RtlSim, change: dict, code
     ({}, PrecisionRegs(mode=Mode.DRQ, rh=3), ErrorCode.BAD_PRECISION),
     ({}, PrecisionRegs(mode=Mode.DRQ, rw=32), ErrorCode.BAD_PRECISION),
     (dict(iw=300, ow=298), PrecisionRegs(mode=Mode.DRQ), ErrorCode.BUFFER_OVERFLOW),
-], ids=["region-not-a-power-of-two", "region-too-wide", "input-too-wide-for-the-predictor"])
+    ({}, PrecisionRegs(mode=Mode.SDP, g=3, k=2), ErrorCode.BAD_PRECISION),
+    ({}, PrecisionRegs(mode=Mode.SDP, g=16, k=2), ErrorCode.BAD_PRECISION),
+    ({}, PrecisionRegs(mode=Mode.SDP, g=4, k=9), ErrorCode.BAD_PRECISION),
+    (dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1), PrecisionRegs(mode=Mode.SDP, g=4, k=4), ErrorCode.BAD_PRECISION),
+], ids=["region-not-a-power-of-two", "region-too-wide", "input-too-wide-for-the-predictor", "sdp-g-3",
+        "sdp-g-past-the-block", "sdp-k-over-2g", "sdp-on-a-gemm"])
 def test_bad_precision_stops_like_the_emulator(sim: RtlSim, change: dict, regs: PrecisionRegs,
                                                code: ErrorCode) -> None:
     _bad_convolution(sim, change, regs, code)
