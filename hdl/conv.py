@@ -352,6 +352,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     # lanes: the byte of each slot at position stride*j, its steps; the part of this cycle
     sdp_step = Signal(bool(0))  # an SDP unit computes this cycle: the lanes mark the parts they take
+    unit_slots = reg(BLOCK)  # SDP: the line slots of the unit computed this cycle
+    g_logs = log2(BLOCK) + 1  # SDP's g is 2**lg, lg < g_logs (shifts by a loop constant: wiring, no shifter)
     for j in range(rows):
         for t in range(BLOCK):
             insts.append(lane_value(line_a[t], sw, lane_vals[j][t], j))
@@ -360,7 +362,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                                        lane_steps[j][t], j, t))
         vals = ConcatSignal(*reversed(lane_vals[j]))
         pick = {"slot": reg(3), "part": signed(MAG_BITS + 1), "hi": Signal(bool(0)), "n": reg(STEP_BITS)}
-        insts.append(sdp_pick(clk, vals, s0_signed, eff_u, lg, keep, zero_skip, ci_lanes, ci_nch, s_cur, sdp_step,
+        insts.append(sdp_pick(clk, vals, s0_signed, unit_slots, keep, zero_skip, ci_lanes, s_cur, sdp_step,
                               pick["slot"], pick["part"], pick["hi"], pick["n"], j))
         insts.append(part_of_lane(vals, lane_low[j], lane_steps[j], eff_u, s_cur, s0_signed, insens_hi, zero_skip,
                                   any_unit, sdp, pick, lane_slot[j], lane_mag[j], lane_neg[j], lane_hi[j], lane_en[j],
@@ -378,8 +380,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             has = False
             if sdp:
                 for t in range(BLOCK):
-                    if (t >> int(lg)) == u and slots_busy[t]:
-                        has = True
+                    for g_log in range(g_logs):
+                        if lg == g_log and (t >> g_log) == u and slots_busy[t]:
+                            has = True
                 if keep == 0:
                     has = False
             elif slots_busy[u]:
@@ -388,7 +391,16 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 bits = bits | (1 << u)
         work.next = bits
 
-    insts.append(unit_work)
+    @always_comb
+    def sdp_unit():
+        bits = 0
+        for t in range(BLOCK):
+            for g_log in range(g_logs):
+                if lg == g_log and (t >> g_log) == eff_u and t < ci_nch:
+                    bits = bits | (1 << t)
+        unit_slots.next = bits
+
+    insts += [unit_work, sdp_unit]
 
     # ---- DRQ: the region predictor and the flag plane it writes ----------------------------------------
     pr_go, pr_finish = Signal(bool(0)), Signal(bool(0))
@@ -1370,17 +1382,19 @@ def slot_has_work(steps, busy):
 
 
 @block
-def sdp_pick(clk, values, signed_in, u, lg, k, zero_skip, lanes, nch, s, step, slot, part, hi_out, n_out, j: int):
-    """SDP's term-part selector of lane j. Unit u is line slots u*g .. u*g+g-1 (g = 2**lg); at step s the
-    lane takes the most important part of the unit it has not taken yet (importance 16|hi| for a high
-    part, |lo| for a low one; ties to high parts, then to the lower slot: the order of `numerics.sdp_keep`),
-    so its first k steps multiply exactly the k parts SDP keeps. Its steps in the unit: k, or with zero-part
-    skipping min(k, its non-zero parts) (the kept zero parts add nothing); none past the row's end or for a
-    unit past the block's channels. `step`: the unit computes this cycle, so the part is marked taken."""
+def sdp_pick(clk, values, signed_in, unit_slots, k, zero_skip, lanes, s, step, slot, part, hi_out, n_out, j: int):
+    """SDP's term-part selector of lane j. The unit is the line slots set in `unit_slots` (slots u*g ..
+    u*g+g-1 within the block's channels); at step s the lane takes the most important part of the unit it
+    has not taken yet (importance 16|hi| for a high part, |lo| for a low one; ties to high parts, then to
+    the lower slot: the order of `numerics.sdp_keep`), so its first k steps multiply exactly the k parts
+    SDP keeps. Its steps in the unit: k, or with zero-part skipping min(k, its non-zero parts) (the kept
+    zero parts add nothing); none past the row's end or in a unit past the block's channels. `step`: the
+    unit computes this cycle, so the part is marked taken."""
     taken = Signal(intbv(0)[PARTS:])
     best_p = Signal(intbv(0)[log2(PARTS):])
     found = Signal(bool(0))
     part_mask = nx.PART_SCALE - 1
+    slot_bits = log2(BLOCK)
 
     @always_comb
     def select():
@@ -1401,7 +1415,7 @@ def sdp_pick(clk, values, signed_in, u, lg, k, zero_skip, lanes, nch, s, step, s
                     key = nx.PART_SCALE + h
                 elif h < 0:
                     key = nx.PART_SCALE - h
-            in_unit = (t >> int(lg)) == u and t < nch
+            in_unit = unit_slots[t]
             if in_unit and key != 0:
                 nonzero = nonzero + 1
             if in_unit and (s == 0 or not taken[p]) and (not got or key > best):
@@ -1413,23 +1427,25 @@ def sdp_pick(clk, values, signed_in, u, lg, k, zero_skip, lanes, nch, s, step, s
         n = int(k)
         if zero_skip and nonzero < n:
             n = nonzero
-        if j >= lanes or (int(u) << int(lg)) >= nch:
+        if j >= lanes or unit_slots == 0:
             n = 0
         n_out.next = n
 
     @always_comb
     def chosen():
-        t = int(best_p) % BLOCK
-        v = int((values >> (8 * t)) & 0xFF)
-        x = v
-        if signed_in and v >= 128:
-            x = v - 256
-        q = v & part_mask
-        if best_p < BLOCK:
-            q = x >> nx.PART_BITS
-        if not found:
-            q = 0
-        slot.next = t
+        # a multiplexer written as compares with constants (a variable shift would be a barrel shifter)
+        q = 0
+        v = 0
+        for p in range(PARTS):
+            if found and best_p == p:
+                v = int((values >> (8 * (p % BLOCK))) & 0xFF)
+                if p < BLOCK:
+                    if signed_in and v >= 128:
+                        v = v - 256
+                    q = v >> nx.PART_BITS
+                else:
+                    q = v & part_mask
+        slot.next = best_p[slot_bits:]
         part.next = q
         hi_out.next = best_p < BLOCK
 
@@ -1438,8 +1454,9 @@ def sdp_pick(clk, values, signed_in, u, lg, k, zero_skip, lanes, nch, s, step, s
         if step:
             if s == 0:
                 taken.next = 0
-            if found:
-                taken.next[int(best_p)] = 1
+            for p in range(PARTS):
+                if found and best_p == p:
+                    taken.next[p] = 1
 
     return select, chosen, mark
 
