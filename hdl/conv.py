@@ -32,6 +32,8 @@ POOL_ACC_BITS = 26
 DRAIN_READ_LATENCY = 1
 PARTS = 2 * BLOCK
 """Term parts of a lane's line slots: an SDP unit (g <= BLOCK slots) chooses among at most these."""
+KEY_BITS = nx.PART_BITS + 1
+"""An SDP importance key: 16 + |hi| for a non-zero high part, |lo| for a low part."""
 STEP_BITS = PARTS.bit_length()
 """A lane's steps in a unit: 0..2 (int8, DRQ), 0..2g <= PARTS (SDP's k)."""
 assert MAG_BITS == 4, "the PE reads a part as two radix-4 digits"
@@ -1398,35 +1400,33 @@ def sdp_pick(clk, values, signed_in, unit_slots, k, zero_skip, lanes, s, step, s
 
     @always_comb
     def select():
-        best = 0
-        at = 0
+        # narrow locals: a MyHDL integer is 32 bits, and a chain of 16 compares and muxes keeps every bit
+        best = intbv(0)[KEY_BITS:]
+        at = intbv(0)[len(best_p):]
+        nonzero = intbv(0)[STEP_BITS:]
         got = False
-        nonzero = 0
         for p in range(PARTS):
-            t = p % BLOCK
-            v = int((values >> (8 * t)) & 0xFF)
+            v = int((values >> (8 * (p % BLOCK))) & 0xFF)
             key = v & part_mask
-            if p < BLOCK:  # a high part outranks every low part unless it is 0
+            if p < BLOCK:  # 16 + |hi| (a high part outranks every low part), or 0 for a zero high part
                 h = v >> nx.PART_BITS
                 if signed_in and v >= 128:
-                    h = (v - 256) >> nx.PART_BITS
+                    h = ((h ^ part_mask) + 1) & part_mask  # |hi - 16|: 1..8
                 key = 0
-                if h > 0:
-                    key = nx.PART_SCALE + h
-                elif h < 0:
-                    key = nx.PART_SCALE - h
-            in_unit = unit_slots[t]
+                if h != 0:
+                    key = h | nx.PART_SCALE
+            in_unit = unit_slots[p % BLOCK]
             if in_unit and key != 0:
-                nonzero = nonzero + 1
+                nonzero[:] = nonzero + 1
             if in_unit and (s == 0 or not taken[p]) and (not got or key > best):
-                best = key
-                at = p
+                best[:] = key
+                at[:] = p
                 got = True
         best_p.next = at
         found.next = got
         n = int(k)
         if zero_skip and nonzero < n:
-            n = nonzero
+            n = int(nonzero)
         if j >= lanes or unit_slots == 0:
             n = 0
         n_out.next = n
