@@ -16,7 +16,7 @@ from myhdl import ConcatSignal, Signal, always, always_comb, block, concat, enum
 from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, log2
-from dynq.contract.layout import PARAM_BYTES, word_bytes
+from dynq.contract.layout import PARAM_BYTES, word_byte, word_bytes
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
 from dynq.hdl.memories import ram, window_ram
 from dynq.hdl.predictor import region_predictor
@@ -290,7 +290,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     lane_hi = [Signal(bool(0)) for _ in range(rows)]
     lane_en = [Signal(bool(0)) for _ in range(rows)]
     lane_n = [reg(STEP_BITS) for _ in range(rows)]  # each lane's steps in the unit of this cycle
-    lane_slot = [reg(3) for _ in range(rows)]  # the line slot (and weight byte) each lane computes with
+    lane_slot = [reg(slot_bits) for _ in range(rows)]  # the line slot (and weight byte) each lane computes with
     eff_u = reg(3)
     any_unit = Signal(bool(0))
     slot_work = [Signal(bool(0)) for _ in range(BLOCK)]  # some lane has a step in this slot (int8 rule)
@@ -338,17 +338,20 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     qb = log2(words)
     land_en, land_q = Signal(bool(0)), reg(qb)
     take_own = Signal(bool(0))
+    def weight_byte(t: int, k: int) -> Signal:
+        at = 8 * word_byte(t, k, cols)
+        return wa_data(at + 8, at)
+
     for j in range(rows):
         q, t = divmod(j, BLOCK)
         for k in range(cols):
-            byte = 8 * (t * cols + k)
-            insts.append(own_weight(clk, wa_data(byte + 8, byte), land_en, land_q, take_own, own_w[j][k], q,
+            insts.append(own_weight(clk, weight_byte(t, k), land_en, land_q, take_own, own_w[j][k], q,
                                     q == words - 1))
     pe_cols = [ConcatSignal(*reversed([pe_out[j][k] for k in range(cols)])) for j in range(rows)]
 
-    # PE weights: byte (slot * cols + k) of the word, for the slot lane j computes with
+    # PE weights: the byte of the word for column k and the slot lane j computes with
     for k in range(cols):
-        column = ConcatSignal(*reversed([wa_data(8 * (t * cols + k) + 8, 8 * (t * cols + k)) for t in range(BLOCK)]))
+        column = ConcatSignal(*reversed([weight_byte(t, k) for t in range(BLOCK)]))
         for j in range(rows):
             insts.append(slot_weight(column, lane_slot[j], pe_w[j][k]))
 
@@ -363,7 +366,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             insts.append(steps_of_lane(lane_vals[j][t], lane_low[j][t], s0_signed, zero_skip, ci_lanes, ci_nch,
                                        lane_steps[j][t], j, t))
         vals = ConcatSignal(*reversed(lane_vals[j]))
-        pick = {"slot": reg(3), "part": signed(MAG_BITS + 1), "hi": Signal(bool(0)), "n": reg(STEP_BITS)}
+        pick = {"slot": reg(slot_bits), "part": signed(MAG_BITS + 1), "hi": Signal(bool(0)), "n": reg(STEP_BITS)}
         insts.append(sdp_pick(clk, vals, s0_signed, unit_slots, keep, zero_skip, ci_lanes, s_cur, sdp_step,
                               pick["slot"], pick["part"], pick["hi"], pick["n"], j))
         insts.append(part_of_lane(vals, lane_low[j], lane_steps[j], eff_u, s_cur, s0_signed, insens_hi, zero_skip,

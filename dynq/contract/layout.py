@@ -24,6 +24,11 @@ def word_bytes(cols: int) -> int:
     return BLOCK * cols
 
 
+def word_byte(t: int, k: int, cols: int) -> int:
+    """The byte of a weight word that holds line register t's weight for column k."""
+    return t * cols + k
+
+
 def _tiles(g: ConvGeometry, cols: int) -> tuple[int, int, int]:
     """(packing, column tiles, blocks) of the word stream."""
     pack = packing(g, cols)
