@@ -66,13 +66,15 @@ def isa_markdown() -> str:
         "- SDP: per pixel and group of `g` input channels of a convolution group, keep the `k` most important of "
         "the 2g parts (importance `16*|hi|` or `|lo|`; ties: high parts first, then lower channel).",
         f"- DAQ: a {MASK_GRID}x{MASK_GRID} mask of cell levels (0 = cropped, 1 = 4-bit, 2 = 8-bit) over the input; "
-        f"pixel (y, x) of an `h x w` map uses cell `(y*{MASK_GRID}//h, x*{MASK_GRID}//w)`.",
+        f"pixel (y, x) of an `h x w` map uses cell `(y*{MASK_GRID}//h, x*{MASK_GRID}//w)`. DAQ needs a spatial layer "
+        "(not a single-pixel Gemm).",
         "## Cycle model",
         (timing.__doc__ or "").strip(),
         _table(["constant", "value"], [["LAYER_SETUP_CYCLES", timing.LAYER_SETUP_CYCLES],
                                        ["PIPE_CYCLES", timing.PIPE_CYCLES],
                                        ["FILL_LATENCY", timing.FILL_LATENCY],
                                        ["PREDICTOR_GAP_CYCLES", timing.PREDICTOR_GAP_CYCLES],
+                                       ["MASK_GAP_CYCLES", timing.MASK_GAP_CYCLES],
                                        ["NOP_CYCLES", timing.NOP_CYCLES], ["BLOCK (channels)", array.BLOCK],
                                        ["LINE_WINDOWS (windows of `rows` bytes)", array.LINE_WINDOWS]]),
         f"Limits of the array: dilation 1 only; strides across up to {array.MAX_STRIDE} (any for `ow` 1); "

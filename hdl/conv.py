@@ -11,17 +11,27 @@ the drain, which requantizes one output channel a cycle while the next pass accu
 
 from __future__ import annotations
 
+import torch
 from myhdl import ConcatSignal, Signal, always, always_comb, block, concat, enum, intbv, modbv
 
 from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, log2
 from dynq.contract.layout import PARAM_BYTES, word_byte, word_bytes
+from dynq.contract.registers import MASK_BITS
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
+from dynq.hdl.mask_expander import mask_expander
 from dynq.hdl.memories import ram, window_ram
 from dynq.hdl.predictor import region_predictor
 
 PE_ACC_BITS = nx.ACC_BITS
+LEVEL_BITS = MASK_BITS
+"""A unit of the level plane: the contract's pixel levels (0 cropped, 1 4-bit, 2 8-bit)."""
+CROP_CODE = 0x88
+"""A cropped pixel in the line: a `low` byte no 4-bit value takes (the low-part rule gives |v| <= 15, the
+high-part rule multiples of 16), so the lane gives it no step."""
+assert all(CROP_CODE not in nx.insensitive(torch.arange(lo, hi + 1), signed, use_hi).remainder(256).tolist()
+           for signed in (False, True) for lo, hi in [nx.value_range(signed)] for use_hi in (False, True))
 """The PEs' accumulators: the compiler proves every layer's sums fit (`numerics.accumulator_bound`)."""
 MAG_BITS = nx.PART_BITS
 """A term part as a PE multiplies it: a magnitude (0..15) and a sign, so that the product is two radix-4
@@ -165,11 +175,13 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     core's requantizer lanes: `acc` (a sum per lane), `bias` and `mult` for their first stage, `rnd` and
     `shift` in the cycles of their second and third. `last` marks the layer's final busy cycle (its last
     output write); then `n_compute`, `n_stall` and `n_steps` hold the layer's compute_cycles, stall_cycles
-    and mac_steps, `n_sensitive` and `n_regions` the DRQ predictor's region counts.
+    and mac_steps, `n_sensitive` and `n_regions` the DRQ predictor's region counts (DAQ: pixel counts).
 
-    A DRQ layer (`f["drq"]`) first runs the region predictor over its input; the line fill then reads each
-    pixel's flag from the flag plane beside it, and an insensitive pixel enters the line as its 4-bit value
-    (`numerics.insensitive`) with a `low` bit that makes it one step (one term part) for its lane.
+    A DRQ layer (`f["drq"]`) first runs the region predictor over its input, a DAQ layer (`f["daq"]`) the
+    mask expansion over the mask memory (`f["mask"]`, its words); both write the level plane (the
+    contract's levels: 0 cropped, 1 4-bit, 2 8-bit), and the line fill reads each pixel's level beside it.
+    A 4-bit pixel enters the line as its 4-bit value (`numerics.insensitive`) with a `low` bit that makes it
+    one step (one term part) for its lane; a cropped one as CROP_CODE with `low`, no step at all.
 
     An SDP layer (`f["sdp"]`) runs units of g = 2**f["lg"] line slots: in each, every lane takes its k
     (`f["k"]`) most important term parts one a step (`sdp_pick`), each with the weight of its own slot."""
@@ -202,7 +214,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     f_cin = f["cin"]
     f_mult0 = f["mult0"]
     f_shift0 = f["shift0"]
-    f_drq = f["drq"]
+    f_drq, f_daq, f_mask = f["drq"], f["daq"], f["mask"]
     f_insens_hi = f["insens_hi"]
     f_rh, f_lrh = f["rh"], f["lrh"]
     f_sdp, f_lg, f_k = f["sdp"], f["lg"], f["k"]
@@ -231,9 +243,11 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     ih, iw, oh, ow = reg(16), reg(16), reg(16), reg(16)
     kh, kw, sh, sw, pt, pl = reg(8), reg(8), reg(4), reg(4), reg(4), reg(4)
     s0_signed, zero_skip = Signal(bool(0)), Signal(bool(0))
-    drq, insens_hi = Signal(bool(0)), Signal(bool(0))  # DRQ: insensitive pixels by their high or low part
+    drq, daq = Signal(bool(0)), Signal(bool(0))
+    levels = Signal(bool(0))  # DRQ or DAQ: the fill reads the level plane
+    insens_hi = Signal(bool(0))  # DRQ/DAQ: 4-bit pixels by their high or low part
     sdp, lg, keep = Signal(bool(0)), reg(len(f_lg)), reg(len(f_k))  # SDP: log2 of g; parts kept per unit
-    fplane = reg(33)  # flag plane: bits per channel (region rows x input width)
+    fplane = reg(33)  # level plane: units per channel (DRQ: region rows x input width; DAQ: 0, one plane)
     lrh = reg(len(f_lrh))
     split = Signal(bool(0))  # the reduction-split mapping: lane j takes input channel chunk * rows + j
     item_words, m_shift = reg(8), reg(3)  # weight words per item; log2 of the channels per item (block or chunk)
@@ -407,23 +421,47 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     insts += [unit_work, sdp_unit]
 
-    # ---- DRQ: the region predictor and the flag plane it writes ----------------------------------------
-    pr_go, pr_finish = Signal(bool(0)), Signal(bool(0))
+    # ---- the level plane: DRQ's region predictor or DAQ's mask expansion writes it ---------------------
+    lb = LEVEL_BITS
+    pr_go, mx_go, pr_finish = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     pr_addr = Signal(modbv(0)[abw:])
-    fw_en = Signal(bool(0))
-    fw_addr, flag_ra = Signal(modbv(0)[abw:]), Signal(modbv(0)[abw:])
-    fw_bits, fw_mask, flag_rd = Signal(intbv(0)[rows:]), Signal(intbv(0)[rows:]), Signal(intbv(0)[rows:])
-    pr_sensitive, pr_regions = reg(32), reg(32)
-    insts.append(region_predictor(rows, abw, clk, rst, pr_go, f, pr_addr, ar_data, pr_finish, fw_en,
-                                  fw_addr, fw_bits, fw_mask, pr_sensitive, pr_regions))
+    flag_ra = Signal(modbv(0)[abw:])
+    flag_rd = Signal(intbv(0)[lb * rows:])
+
+    def plane_writer() -> tuple[Signal, ...]:  # en, addr, bits, mask, finish, sensitive, regions
+        return (Signal(bool(0)), Signal(modbv(0)[abw:]), Signal(intbv(0)[lb * rows:]), reg(rows), Signal(bool(0)),
+                reg(32), reg(32))
+
+    fw_en, fw_addr, fw_bits, fw_mask = plane_writer()[:4]  # the plane's write port
+    pr_en, pr_wa, pr_bits, pr_mask, pr_done, pr_sensitive, pr_regions = plane_writer()  # DRQ writes it
+    mx_en, mx_wa, mx_bits, mx_mask, mx_done, mx_sensitive, mx_regions = plane_writer()  # or DAQ does
+    insts.append(region_predictor(rows, abw, clk, rst, pr_go, f, pr_addr, ar_data, pr_done, pr_en, pr_wa, pr_bits,
+                                  pr_mask, pr_sensitive, pr_regions))
+    insts.append(mask_expander(rows, abw, clk, rst, mx_go, f, f_mask, mx_done, mx_en, mx_wa, mx_bits, mx_mask,
+                               mx_sensitive, mx_regions))
     insts.append(window_ram(clk, flag_ra, flag_rd, fw_en, fw_addr, fw_bits, fw_mask, rows, (1 << abw) // rows))
 
     @always_comb
     def predictor_go():
         pr_go.next = start and state == st_t.IDLE and f_drq
+        mx_go.next = start and state == st_t.IDLE and f_daq
+        pr_finish.next = pr_done or mx_done
+        if daq:
+            fw_en.next = mx_en
+            fw_addr.next = mx_wa
+            fw_bits.next = mx_bits
+            fw_mask.next = mx_mask
+        else:
+            fw_en.next = pr_en
+            fw_addr.next = pr_wa
+            fw_bits.next = pr_bits
+            fw_mask.next = pr_mask
         if drq:
             n_sensitive.next = pr_sensitive
             n_regions.next = pr_regions
+        elif daq:
+            n_sensitive.next = mx_sensitive
+            n_regions.next = mx_regions
         else:
             n_sensitive.next = 0
             n_regions.next = 0
@@ -481,8 +519,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     insts.append(padding_value)
     for i in range(rows):
-        insts.append(capture_byte(ar_data(8 * i + 8, 8 * i), flag_rd(i), cap_lo, cap_hi, cap_row_ok, pad_byte, drq,
-                                  s0_signed, insens_hi, cap_bytes[i], cap_lows[i], i))
+        insts.append(capture_byte(ar_data(8 * i + 8, 8 * i), flag_rd(lb * i + lb, lb * i), cap_lo, cap_hi,
+                                  cap_row_ok, pad_byte, levels, s0_signed, insens_hi, cap_bytes[i], cap_lows[i], i))
     masked = ConcatSignal(*reversed(cap_bytes))
     lows = ConcatSignal(*reversed(cap_lows))
 
@@ -807,12 +845,18 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 s0_signed.next = f_s0_signed
                 zero_skip.next = f_zero_skip
                 drq.next = f_drq
+                daq.next = f_daq
+                levels.next = f_drq or f_daq
                 sdp.next = f_sdp
                 lg.next = f_lg
                 keep.next = f_k
                 insens_hi.next = f_insens_hi
-                lrh.next = f_lrh
-                fplane.next = ((int(f_ih) + int(f_rh) - 1) >> int(f_lrh)) * int(f_iw)
+                if f_daq:  # one plane for every channel, a level per input pixel
+                    lrh.next = 0
+                    fplane.next = 0
+                else:
+                    lrh.next = f_lrh
+                    fplane.next = ((int(f_ih) + int(f_rh) - 1) >> int(f_lrh)) * int(f_iw)
                 plane_in.next = f_ih * f_iw
                 plane_out.next = f_oh * f_ow
                 pool.next = f_aux == 1 and not f_pool
@@ -833,7 +877,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 row_pool.next = f_ow >> 1
                 col_tiles.next = f_col_tiles
                 xtiles.next = (int(f_ow) + rows - 1) >> rb
-                if f_drq:  # the predictor runs first; the fill starts as it finishes
+                if f_drq or f_daq:  # the level plane is written first; the fill starts as it is
                     state.next = st_t.PRED
                 else:
                     state.next = st_t.RUN
@@ -860,7 +904,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 lanes0 = int(f_ow)
                 if lanes0 > rows:
                     lanes0 = rows
-                fl_busy.next = not f_drq
+                fl_busy.next = not (f_drq or f_daq)
                 fl_t.next = 0
                 if f_split:  # read 0 is issued in this cycle, or as the predictor finishes (split_issue)
                     fl_r.next = 1
@@ -1264,12 +1308,12 @@ column_pick.vhdl_code = ("process ($clk) begin if rising_edge($clk) then $out <=
 
 
 @block
-def capture_byte(byte, flag, lo, hi, row_ok, pad, drq, signed_in, use_hi, out, low, i: int):
+def capture_byte(byte, level, lo, hi, row_ok, pad, levels, signed_in, use_hi, out, low, i: int):
     """Byte i of a fill window as the line takes it: `pad` where it lies outside the input row (outside
-    [lo, hi)), else the pixel; in a DRQ layer a pixel whose region is not sensitive (`flag` clear) becomes
-    its 4-bit value (`numerics.insensitive`: the high part rounded with `use_hi`, else the magnitude
-    saturated to 15) and `low` marks it one step. Padding is one step in DRQ, two in int8, as the
-    contract's `pad_cost` says."""
+    [lo, hi)), else the pixel; in a DRQ or DAQ layer (`levels`) a pixel at level 1 becomes its 4-bit value
+    (`numerics.insensitive`: the high part rounded with `use_hi`, else the magnitude saturated to 15) and
+    `low` marks it one step; one at level 0 (cropped) becomes CROP_CODE, no step. Padding is one step in
+    DRQ and DAQ, two in int8, as the contract's `pad_cost` says."""
     _, hi_signed = nx.part_range(True)
     _, hi_unsigned = nx.part_range(False)
     low_max, half, part_bits, scale = nx.LOW_MAX, nx.PART_SCALE // 2, nx.PART_BITS, nx.PART_SCALE
@@ -1282,8 +1326,11 @@ def capture_byte(byte, flag, lo, hi, row_ok, pad, drq, signed_in, use_hi, out, l
             v = v - 256
         if not (row_ok and i >= lo and i < hi):
             out.next = pad
-            low.next = drq
-        elif drq and not flag:
+            low.next = levels
+        elif levels and level == 0:
+            out.next = CROP_CODE
+            low.next = True
+        elif levels and level == 1:
             q = v
             if use_hi:  # the rounded high part; it never falls below the part's range
                 q = (v + half) >> part_bits
@@ -1350,8 +1397,8 @@ def lane_value(line, stride, value, j: int):
 
 @block
 def steps_of_lane(value, low, signed, zero_skip, lanes, nch, steps, j: int, t: int):
-    """Steps of lane j in unit t: 2 parts (1 for a `low` byte), or with zero-part skipping its non-zero
-    parts; 0 for lanes past the row's end and slots past the block's channels."""
+    """Steps of lane j in unit t: 2 parts (1 for a `low` byte, 0 for a cropped one), or with zero-part
+    skipping its non-zero parts; 0 for lanes past the row's end and slots past the block's channels."""
 
     @always_comb
     def count():
@@ -1363,7 +1410,7 @@ def steps_of_lane(value, low, signed, zero_skip, lanes, nch, steps, j: int, t: i
         n = 2
         if low:
             n = 1
-            if zero_skip and v == 0:
+            if v == CROP_CODE or (zero_skip and v == 0):
                 n = 0
         elif zero_skip:
             n = int(hi != 0) + int(lo != 0)

@@ -42,8 +42,6 @@ def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
     if ins.op != Op.CONV:
         return None
     geom = timing.conv_geometry(ins)
-    if reg.mode not in RTL_MODES:
-        return f"CONV in {reg.mode.name.lower()} mode"
     if timing.reduction_split(geom) and ins.ih * ins.iw > 1:
         return "single-pixel CONV over an input larger than 1x1"
     if timing.packing(geom, cols) > 1:
@@ -51,8 +49,6 @@ def unsupported(ins: Instr, reg: PrecisionRegs, cols: int) -> str | None:
     return None
 
 
-RTL_MODES = (Mode.INT8, Mode.DRQ, Mode.SDP)
-"""Precision modes the core runs a CONV in; the others stop with BAD_OPCODE."""
 FETCH_WORDS = max(f.word for f in FIELD.values()) + 1
 """Instruction words the core reads; the rest of the record is reserved."""
 FETCH_PAIRS = -(-FETCH_WORDS // 2)
@@ -127,7 +123,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     op_nop, op_move, op_add, op_end, op_conv, op_pool = (int(Op.NOP), int(Op.MOVE), int(Op.ADD), int(Op.END),
                                                          int(Op.CONV), int(Op.POOL))
     e_overflow, e_precision = ErrorCode.BUFFER_OVERFLOW, ErrorCode.BAD_PRECISION
-    mode_int8, mode_drq, mode_sdp = int(Mode.INT8), int(Mode.DRQ), int(Mode.SDP)
+    mode_drq, mode_sdp, mode_daq, mode_last = int(Mode.DRQ), int(Mode.SDP), int(Mode.DAQ), int(max(Mode))
     mode_reg = next(r for r in rg.PRECISION_REGISTERS if r.name == "MODE")
     mode_field, skip_field, hi_field = (mode_reg.field(n) for n in ("mode", "zero_skip", "insens_hi"))
     mode_index = rg.PRECISION_REGISTERS.index(mode_reg)
@@ -788,7 +784,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     f_zero_skip, f_insens_hi, f_drq = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     f_rh, f_rw = Signal(intbv(0)[rh_field.width:]), Signal(intbv(0)[rw_field.width:])
     f_lrh, f_lrw = Signal(intbv(0)[REGION_BITS:]), Signal(intbv(0)[REGION_BITS:])  # their log2 (when valid)
-    f_sdp = Signal(bool(0))
+    f_sdp, f_daq = Signal(bool(0)), Signal(bool(0))
     f_lg = Signal(intbv(0)[log2(max(SDP_G_VALUES)).bit_length():])  # log2 of SDP's g (when valid)
     f_k = Signal(intbv(0)[(2 * max(SDP_G_VALUES)).bit_length():])  # SDP's k (when valid: at most 2g)
     layer_lsb = FIELD["layer"].lsb
@@ -805,7 +801,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     engine_fields = {**fields, "zero_skip": f_zero_skip, "cin_g": cin_g, "cout_g": cout_g, "col_tiles": col_tiles,
                      "blocks": blocks, "split": f_split, "pool": f_pool, "drq": f_drq, "insens_hi": f_insens_hi,
                      "rh": f_rh, "lrh": f_lrh, "lrw": f_lrw, "threshold": threshold_core, "sdp": f_sdp, "lg": f_lg,
-                     "k": f_k}
+                     "k": f_k, "daq": f_daq, "mask": mask_regs}
     insts.append(conv_engine(rows, arch.cols, abw, wmw, clk, rst, c_start, engine_fields, c_ar_addr, am_rd,
                              c_aw_en, c_aw_addr, c_aw_mask, c_wa_addr, wm_rd_a, c_wb_addr, wm_rd_b, c_drain,
                              c_last, c_compute, c_stall, c_steps, c_sensitive, c_regions))
@@ -897,6 +893,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         good_region = (rh != 0 and (rh & (rh - 1)) == 0 and rh <= region_max
                        and rw != 0 and (rw & (rw - 1)) == 0 and rw <= region_max)
         f_sdp.next = f_opcode == op_conv and mode == mode_sdp
+        f_daq.next = f_opcode == op_conv and mode == mode_daq
         g_sdp = int(sdp_core[g_field.lsb + g_field.width:g_field.lsb])
         k_sdp = int(sdp_core[k_field.lsb + k_field.width:k_field.lsb])
         good_sdp = g_sdp != 0 and (g_sdp & (g_sdp - 1)) == 0 and g_sdp <= sdp_g_max and k_sdp <= 2 * g_sdp
@@ -936,10 +933,10 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             err = e_precision  # contract PrecisionRegs.validate
         elif mode == mode_sdp and not good_sdp:
             err = e_precision
-        elif mode == mode_sdp and f_split:
-            err = e_precision  # contract precision.conv_cost: SDP needs a spatial layer
-        elif mode != mode_int8 and mode != mode_drq and mode != mode_sdp:
-            err = e_opcode  # DAQ is not in this build
+        elif (mode == mode_sdp or mode == mode_daq) and f_split:
+            err = e_precision  # contract precision.conv_cost: SDP and DAQ need a spatial layer
+        elif mode > mode_last:
+            err = e_opcode  # no such mode
         elif f_split and in_size != cin:
             err = e_opcode  # a split over an input larger than 1x1 is not in this build
         elif not f_split and cg * 2 <= BLOCK and og * 2 <= cols and ((g > 1) or (f_oh > 1)):

@@ -29,6 +29,20 @@ def signed_acc(bits: int = ACC_BITS) -> Signal:
 
 
 @block
+def shift_step(source, target, shift, b: int):
+    """One step of an arithmetic right shift: by 2**b when bit b of `shift` is set."""
+
+    @always_comb
+    def step():
+        if shift[b]:
+            target.next = source >> (1 << b)
+        else:
+            target.next = source
+
+    return step
+
+
+@block
 def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, rnd, shift, clip_lo, clip_hi, y):
     """Stage 1 forms `x0 * m0 + x1 * m1` from this cycle's operands: a convolution (`conv`) gives its sum
     `acc + bias` as x0; otherwise `data` (the lane's byte of the arena read, signed if `x_signed`) is x0,
@@ -43,7 +57,8 @@ def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, r
     x1 = Signal(intbv(0, min=lo, max=hi + 1))
     acc1, acc2, shifted = signed_acc(), signed_acc(), signed_acc()
     clip_bits = len(clip_lo)
-    upper = signed(ACC_BITS - clip_bits)
+    top = Signal(intbv(0)[ACC_BITS:])  # the bits of acc2 at shift + clip_bits and up (the rest clear)
+    top_mask = Signal(intbv(0)[ACC_BITS:])
     narrow = signed(clip_bits + 1)  # `shifted` saturated to one bit more than the clamp bounds
     narrow_lo, narrow_hi = narrow.min, narrow.max - 1
     clamped = Signal(intbv(0)[8:])  # the low byte of the clamped value
@@ -67,20 +82,27 @@ def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, r
             x0.next = x
             x1.next = 0
 
-    @always_comb
-    def shift_out():
-        shifted.next = acc2 >> shift
+    # the shift as fixed steps, the largest first (Yosys's own shifter takes the smallest first): the later
+    # steps keep only the low bits the clamp reads
+    chain = [acc2] + [signed_acc() for _ in range(len(shift) - 1)] + [shifted]
+    shift_out = [shift_step(chain[i], chain[i + 1], shift, b) for i, b in enumerate(reversed(range(len(shift))))]
 
     @always_comb
     def upper_bits():
-        upper.next = shifted >> clip_bits
+        # whether the shifted value fits the clamp's bits, read from acc2 under a mask of the shift alone
+        # (the same in every lane: Yosys builds it once)
+        m = intbv(0)[ACC_BITS:]
+        for i in range(ACC_BITS):
+            m[i] = i >= shift + clip_bits
+        top_mask.next = m
+        top.next = acc2[ACC_BITS:] & m
 
     @always_comb
     def saturate():
         # a narrow compare instead of two full-width ones
-        if upper == 0 or upper == -1:
+        if top == 0 or top == top_mask:
             narrow.next = shifted[clip_bits + 1:].signed()
-        elif upper < 0:
+        elif acc2 < 0:
             narrow.next = narrow_lo
         else:
             narrow.next = narrow_hi

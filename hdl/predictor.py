@@ -6,9 +6,9 @@ window. Regions are powers of two no wider than a window and windows start at mu
 window holds whole regions: an adder tree over the lanes' |x| gives every aligned segment's sum, and the
 segments Rw wide are the regions' parts in this row. Each band of Rh rows accumulates those parts in a
 small RAM per lane (one entry per window across, REGION_ROW_TILES of them); the band's last row compares
-the sums with THRESHOLD and writes one flag per input pixel of the band's region row into the flag plane
-(`window_ram` of one bit per lane), laid out as [channel, region row, input column]. The convolution's
-line fill reads the flags beside the pixels it reads.
+the sums with THRESHOLD and writes one level per input pixel of the band's region row into the level plane
+(`window_ram` of a 2-bit unit per lane: level 2 sensitive, 1 not), laid out as [channel, region row, input column].
+The convolution's line fill reads the levels beside the pixels it reads.
 
 Pipeline: read (stage 0), segment sums (1), accumulate and compare (2), flag write (3): the last band's
 flags are written PREDICTOR_GAP_CYCLES - 1 cycles after its last read, one before the layer's first read.
@@ -44,6 +44,7 @@ def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, fin
     then `rd_addr` is the arena read address and `rd_data` its data a cycle later. `n_sensitive`
     and `n_regions` count the regions of the pass."""
     rb = log2(rows)
+    unit = len(fw_bits) // rows  # bits of a level
     assert REGION_MAX <= rows, "a window covers whole regions"
     lmax = REGION_LOG_MAX
     tb = log2(REGION_ROW_TILES)
@@ -172,9 +173,12 @@ def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, fin
 
     @always_comb
     def flag_write():
-        bits = intbv(0)[rows:]
+        bits = intbv(0)[unit * rows:]  # level 2 (bit 1) for a sensitive pixel, 1 (bit 0) for the others
         for j in range(rows):
-            bits[j] = flag_all[(j >> int(lrw)) << int(lrw)]
+            if flag_all[(j >> int(lrw)) << int(lrw)]:
+                bits[unit * j + 1] = 1
+            else:
+                bits[unit * j] = 1
         fw_en.next = s3_valid
         fw_addr.next = s3_faddr
         fw_bits.next = bits

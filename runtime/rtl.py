@@ -13,6 +13,7 @@ import torch
 from dynq import boards
 from dynq.contract import ErrorCode, Memory, Op, PrecisionRegs
 from dynq.contract import registers as rg
+from dynq.contract.precision import require_mask
 from dynq.contract.registers import DeviceError
 from dynq.errors import DynqError
 from dynq.hdl import core
@@ -89,7 +90,7 @@ class RtlDevice:
                     mask: torch.Tensor | None, counters: dict[int, dict[str, int]]) -> None:
         """Same contract as `Emulator.run_segment`: one image of the batch after the other."""
         layers = self._segment_layers(first, count)
-        self._check_supported(first, count, regs)
+        self._check_supported(first, count, regs, mask)
         self.write_registers(layers, regs, mask)
         for image in range(arena.batch):
             self.sim.load(Memory.ARENA, 0, arena.snapshot(image), max_cycles=arena.nbytes)
@@ -100,10 +101,12 @@ class RtlDevice:
                 for name, value in self.read_counters(layer).items():
                     totals[name] = totals.get(name, 0) + value
 
-    def _check_supported(self, first: int, count: int, regs: list[PrecisionRegs]) -> None:
+    def _check_supported(self, first: int, count: int, regs: list[PrecisionRegs], mask: torch.Tensor | None) -> None:
         for pc, ins in enumerate(self.build.instructions[first:first + count], first):
             if ins.op == Op.END:
                 return
+            if ins.op == Op.CONV:
+                require_mask(regs[ins.layer], mask, pc)
             reason = core.unsupported(ins, regs[ins.layer], self.board.arch.cols)
             if reason:
                 raise RtlUnsupported(f"{self.build.path}: instruction {pc} (layer {ins.layer}): the RTL core does "

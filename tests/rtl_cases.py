@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dynq.boards import Board
 from dynq.contract import Mode, Op, PrecisionRegs, encode, layout, timing
 from dynq.contract import numerics as nx
 from dynq.contract.array import REGION_MAX, SDP_G_VALUES, log2, window_limits
-from dynq.contract.registers import MAX_LAYERS
+from dynq.contract.registers import MASK_GRID, MAX_LAYERS
 from dynq.runtime.artifacts import Build
 
 OPS_IN_RTL = (Op.MOVE, Op.ADD, Op.CONV, Op.POOL)
@@ -33,6 +34,7 @@ class Case:
     build: Build
     arena: bytes
     registers: list[PrecisionRegs] = field(default_factory=lambda: [PrecisionRegs()] * MAX_LAYERS)
+    mask: torch.Tensor | None = None  # the DAQ region mask
 
 
 def case_build(board: Board, name: str, program: bytes, weights: bytes, arena_bytes: int) -> Build:
@@ -162,20 +164,29 @@ def _conv_case(board: Board, rng: random.Random, name: str, g: timing.ConvGeomet
     arena = data.integers(0, 256, ARENA_BYTES, dtype=np.uint8)
     arena[offsets[0]:offsets[0] + sizes[0]] *= data.random(sizes[0]) < 0.7  # zeros for zero-part skipping
     registers = [_precision(rng, ih, iw, spatial=not timing.reduction_split(g))] * MAX_LAYERS
-    return Case(name, case_build(board, name, program, weights, ARENA_BYTES), arena.tobytes(), registers)
+    mask = random_mask(rng) if registers[0].mode == Mode.DAQ else None
+    return Case(name, case_build(board, name, program, weights, ARENA_BYTES), arena.tobytes(), registers, mask)
+
+
+def random_mask(rng: random.Random) -> torch.Tensor:
+    """A DAQ region mask with every level (cropped, 4-bit, 8-bit) in random cells."""
+    return torch.tensor([[rng.randint(0, 2) for _ in range(MASK_GRID)] for _ in range(MASK_GRID)])
 
 
 def _precision(rng: random.Random, ih: int, iw: int, spatial: bool) -> PrecisionRegs:
-    """int8, DRQ or (on a spatial layer) SDP, with or without zero-part skipping. DRQ with a random region,
-    4-bit rule and a threshold around the sums of |x| that the case's random bytes give, so that both kinds
-    of region occur; SDP with a random g and any k from 0 to 2g."""
+    """int8, DRQ or (on a spatial layer) SDP or DAQ, with or without zero-part skipping. DRQ with a random
+    region, 4-bit rule and a threshold around the sums of |x| that the case's random bytes give, so that both
+    kinds of region occur; SDP with a random g and any k from 0 to 2g; DAQ with a random 4-bit rule (the
+    case draws its mask)."""
     zero_skip = rng.random() < 0.5
     draw = rng.random()
-    if draw < 1 / 3:
+    if draw < 1 / 4:
         return PrecisionRegs(zero_skip=zero_skip)
-    if draw < 2 / 3 and spatial:
+    if draw < 2 / 4 and spatial:
         g = rng.choice(SDP_G_VALUES)
         return PrecisionRegs(mode=Mode.SDP, zero_skip=zero_skip, g=g, k=rng.randint(0, 2 * g))
+    if draw < 3 / 4 and spatial:
+        return PrecisionRegs(mode=Mode.DAQ, zero_skip=zero_skip, insens_hi=rng.random() < 0.5)
     rh, rw = rng.choice(REGION_SIDES), rng.choice(REGION_SIDES)
     threshold = int(min(rh, ih) * min(rw, iw) * rng.uniform(20, 100))
     return PrecisionRegs(mode=Mode.DRQ, zero_skip=zero_skip, insens_hi=rng.random() < 0.5, threshold=threshold,

@@ -236,7 +236,7 @@ def test_cycle_model_reduction_split_and_column_tiles() -> None:
 def test_predictor_pool_and_elementwise_cycles() -> None:
     gap = timing.PREDICTOR_GAP_CYCLES
     assert timing.predictor_cycles(3, 5, 20, rows=16) == 3 * 5 * 2 + gap  # every window of the input once
-    assert timing.mask_cycles(5, 20, rows=16) == 5 * 2 + gap
+    assert timing.mask_cycles(5, 20) == 5 * 20 + timing.MASK_GAP_CYCLES  # a pixel a cycle
     assert timing.eltwise_cycles(33, rows=16, operands=1) == SETUP + 3 + PIPE
     assert timing.eltwise_cycles(33, rows=16, operands=2) == SETUP + 6 + PIPE
     # 2 channels, 3x3 output of 2x2 windows at stride 2 on 4 lanes: 3 passes (rows) of 2 items (kernel rows);

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
@@ -17,8 +18,7 @@ from dynq.boards import load as load_board
 from dynq.cli import main
 from dynq.contract import ErrorCode, Memory, Mode, Op, PrecisionRegs, encode
 from dynq.contract import registers as rg
-from dynq.contract.registers import DeviceError
-from dynq.hdl.core import RTL_MODES
+from dynq.contract.registers import MASK_GRID, DeviceError
 from dynq.hdl.sim import RtlSim, bit, build, reg
 from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.model import Model, VerifyError
@@ -41,7 +41,7 @@ def _emulate(case: Case) -> tuple[bytes, dict[int, dict[str, int]]]:
     arena = emu.new_arena(1)
     arena.restore(0, case.arena)
     counters: dict[int, dict[str, int]] = {}
-    emu.run_segment(arena, 0, len(case.build.instructions), case.registers, None, counters)
+    emu.run_segment(arena, 0, len(case.build.instructions), case.registers, case.mask, counters)
     return arena.snapshot(0), counters
 
 
@@ -50,7 +50,7 @@ def _on_rtl(case: Case, sim: RtlSim) -> tuple[bytes, dict[int, dict[str, int]]]:
     arena = Emulator(case.build).new_arena(1)
     arena.restore(0, case.arena)
     counters: dict[int, dict[str, int]] = {}
-    device.run_segment(arena, 0, len(case.build.instructions), case.registers, None, counters)
+    device.run_segment(arena, 0, len(case.build.instructions), case.registers, case.mask, counters)
     return arena.snapshot(0), counters
 
 
@@ -58,7 +58,7 @@ def test_random_programs_agree(sim: RtlSim, request: pytest.FixtureRequest) -> N
     count, seed = request.config.getoption("--rtl-cases"), request.config.getoption("--rtl-seed")
     cases = random_cases(load_board(BOARD), count, seed)
     assert {c.build.instructions[0].op for c in cases} == set(OPS_IN_RTL)
-    assert {c.registers[0].mode for c in cases if c.build.instructions[0].op == Op.CONV} == set(RTL_MODES)
+    assert {c.registers[0].mode for c in cases if c.build.instructions[0].op == Op.CONV} == set(Mode)
     for case in cases:
         want_bytes, want = _emulate(case)
         got_bytes, got = _on_rtl(case, sim)
@@ -181,19 +181,21 @@ def test_zoo_model_on_rtl_matches_emulator(zoo_builds: dict[str, Path], name: st
 @pytest.mark.parametrize("mode, settings", [
     (Mode.DRQ, [dict(threshold=0), dict(threshold=1 << 20)]),  # every region sensitive; none
     (Mode.SDP, [dict(g=4, k=8), dict(g=4, k=2)]),  # every part kept; a quarter of them
-], ids=["drq-threshold", "sdp-k"])
+    (Mode.DAQ, [dict(mask=np.full((MASK_GRID, MASK_GRID), 2)),  # every pixel 8-bit; then columns of cells
+                dict(mask=np.tile([0, 1, 2, 1], (MASK_GRID, MASK_GRID // 4)))]),  # cropped, 4-bit, 8-bit
+], ids=["drq-threshold", "sdp-k", "daq-mask"])
 def test_precision_rewrite_between_runs(zoo_builds: dict[str, Path], mode: Mode, settings: list[dict]) -> None:
-    """Precision is a register: a new DRQ threshold or SDP K, written between two runs of the program the
-    core holds, changes outputs and cycles exactly as the emulator says (`verify` compares every tensor and
-    layer)."""
+    """Precision is a register: a new DRQ threshold, SDP K or DAQ region mask, written between two runs of the
+    program the core holds, changes outputs and cycles exactly as the emulator says (`verify` compares every
+    tensor and layer)."""
     model = dynq.load(zoo_builds["resnet_small"], mode=mode.name.lower())
     layer = next(i for i, r in enumerate(model.registers) if r.mode == mode)
     x = bundled_samples()[0][40:42].astype(np.float32) / 255
     try:
         runs = []
         for setting in settings:
-            model.set_layer(layer, **setting)
-            runs.append(model.run(x, backend="rtl", verify=True, trace=True))
+            model.set_layer(layer, **{k: v for k, v in setting.items() if k != "mask"})
+            runs.append(model.run(x, backend="rtl", verify=True, trace=True, mask=setting.get("mask")))
             if len(runs) == 1:
                 device = model._rtl
         assert model._rtl is device, "one simulator process (one Verilog build, one program load) ran both"
@@ -224,10 +226,9 @@ def test_rtl_refuses_what_it_lacks(sim: RtlSim) -> None:
     arena = Emulator(case.build).new_arena(1)
     with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 0\).*larger than 1x1"):
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
-    conv = encode(Op.CONV, layer=3, cin=8, cout=4, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, groups=1)
-    case = _raw_case(conv + encode(Op.END))
-    case.registers[3] = PrecisionRegs(mode=Mode.DAQ)
-    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*daq mode"):
+    depthwise = encode(Op.CONV, layer=3, cin=8, cout=8, ih=3, iw=3, oh=1, ow=1, kh=3, kw=3, sh=1, sw=1, groups=8)
+    case = _raw_case(depthwise + encode(Op.END))
+    with pytest.raises(RtlUnsupported, match=r"instruction 0 \(layer 3\).*side by side"):
         RtlDevice(case.build, sim).run_segment(arena, 0, 2, case.registers, None, {})
 
 
@@ -261,20 +262,27 @@ def test_bad_convolutions_stop_like_the_emulator(sim: RtlSim, change: dict, code
     ({}, PrecisionRegs(mode=Mode.SDP, g=16, k=2), ErrorCode.BAD_PRECISION),
     ({}, PrecisionRegs(mode=Mode.SDP, g=4, k=9), ErrorCode.BAD_PRECISION),
     (dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1), PrecisionRegs(mode=Mode.SDP, g=4, k=4), ErrorCode.BAD_PRECISION),
+    (dict(ih=1, iw=1, oh=1, ow=1, kh=1, kw=1), PrecisionRegs(mode=Mode.DAQ), ErrorCode.BAD_PRECISION),
 ], ids=["region-not-a-power-of-two", "region-too-wide", "input-too-wide-for-the-predictor", "sdp-g-3",
-        "sdp-g-past-the-block", "sdp-k-over-2g", "sdp-on-a-gemm"])
+        "sdp-g-past-the-block", "sdp-k-over-2g", "sdp-on-a-gemm", "daq-on-a-gemm"])
 def test_bad_precision_stops_like_the_emulator(sim: RtlSim, change: dict, regs: PrecisionRegs,
                                                code: ErrorCode) -> None:
     _bad_convolution(sim, change, regs, code)
 
 
-def _bad_convolution(sim: RtlSim, change: dict, regs: PrecisionRegs, code: ErrorCode) -> None:
+def test_daq_without_a_mask_stops_before_the_core_runs(sim: RtlSim) -> None:
+    """The mask memory would hold whatever the last run left: the runtime stops as the emulator does."""
+    _bad_convolution(sim, {}, PrecisionRegs(mode=Mode.DAQ), ErrorCode.BAD_PRECISION, with_mask=False)
+
+
+def _bad_convolution(sim: RtlSim, change: dict, regs: PrecisionRegs, code: ErrorCode, with_mask: bool = True) -> None:
     fields = dict(cin=16, cout=20, ih=4, iw=40, oh=2, ow=38, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1, groups=1,
                   src0=0, dst=1024, src1=0, param=8192, clip_lo=0, clip_hi=255)
     fields.update(change)
     program = encode(Op.CONV, **fields) + encode(Op.END)
+    mask = torch.ones((MASK_GRID, MASK_GRID), dtype=torch.long) if regs.mode == Mode.DAQ and with_mask else None
     case = Case("bad", case_build(load_board(BOARD), "bad", program, bytes(16384), AMEM), bytes(AMEM),
-                [regs] * rg.MAX_LAYERS)
+                [regs] * rg.MAX_LAYERS, mask)
     with pytest.raises(DeviceError) as emulated:
         _emulate(case)
     with pytest.raises(DeviceError) as simulated:

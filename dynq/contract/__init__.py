@@ -17,7 +17,7 @@ from dynq.contract.registers import (
     Register,
 )
 
-CONTRACT_VERSION = 6
+CONTRACT_VERSION = 7
 """Bumped whenever any encoding, register offset or numeric rule changes; part of every fingerprint."""
 
 __all__ = [

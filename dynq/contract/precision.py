@@ -31,9 +31,9 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
         raise DeviceError(ErrorCode.BAD_PRECISION, pc, str(exc)) from None
     geom = timing.conv_geometry(ins, reg.g if reg.mode == Mode.SDP else 1)
     if timing.reduction_split(geom):
-        if reg.mode == Mode.SDP:
-            raise DeviceError(ErrorCode.BAD_PRECISION, pc, "SDP needs a spatial layer; this one has a single "
-                                                           "output pixel (a Gemm): run it in int8 or DRQ")
+        if reg.mode in (Mode.SDP, Mode.DAQ):
+            raise DeviceError(ErrorCode.BAD_PRECISION, pc, f"{reg.mode.name} needs a spatial layer; this one has a "
+                                                           "single output pixel (a Gemm): run it in int8 or DRQ")
     else:
         check_window(ins, rows, pc)
     check_geometry(ins, pc)
@@ -45,7 +45,7 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
     if reg.mode == Mode.DRQ:
         predictor = timing.predictor_cycles(ins.cin, ins.ih, ins.iw, rows)
     elif reg.mode == Mode.DAQ:
-        predictor = timing.mask_cycles(ins.ih, ins.iw, rows)
+        predictor = timing.mask_cycles(ins.ih, ins.iw)
     else:
         predictor = 0
     counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, rows, cols, predictor)
@@ -56,6 +56,14 @@ def check_geometry(ins: Instr, pc: int) -> None:
     reason = geometry_error(ins)
     if reason:
         raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, reason)
+
+
+def require_mask(reg: PrecisionRegs, mask: torch.Tensor | None, pc: int) -> None:
+    """A DAQ layer reads the region mask: a run without one stops before it (the overlay's mask memory would
+    hold whatever the last run left)."""
+    if reg.mode == Mode.DAQ and mask is None:
+        raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask: pass --mask FILE.npy "
+                          "(16x16 of 0/1/2) or Model.run(..., mask=...)")
 
 
 def check_window(ins: Instr, rows: int, pc: int) -> None:
@@ -85,9 +93,7 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
             level = nx.expand_regions(sensitive_regions, reg.rh, reg.rw, h, w).to(torch.int16) + 1
             stats.update(sensitive_regions=int(sensitive_regions.sum()), total_regions=sensitive_regions.numel())
         else:
-            if mask is None:
-                raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask: pass --mask FILE.npy "
-                                  "(16x16 of 0/1/2) or Model.run(..., mask=...)")
+            require_mask(reg, mask, pc)
             level = nx.mask_cells(mask, h, w).to(torch.int16).expand(n, c, h, w)
             stats.update(sensitive_regions=int((level == 2).sum()), total_regions=values)
         low = nx.insensitive(x, signed, reg.insens_hi)

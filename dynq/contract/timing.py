@@ -27,8 +27,8 @@ POOL uses the same passes with a block of channels on the columns: per tap, one 
 block, in which every lane folds its value into that channel's max or sum: `rows` comparator/adders
 rather than `rows x BLOCK`, for cycles that the line fill of typical pooling windows hides anyway.
 DRQ layers first run the region predictor over their input (`predictor_cycles`); DAQ layers first expand
-the region mask into a level per input pixel. The emulator computes these counters; the RTL's counters
-must equal them cycle for cycle.
+the region mask into a level per input pixel, a pixel a cycle (`mask_cycles`). The emulator computes these
+counters; the RTL's counters must equal them cycle for cycle.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ straight from the arena into them cost a second LUT per line bit (about 3k LUTs 
 PREDICTOR_GAP_CYCLES = 4
 """DRQ predictor: from a band's last window read to its first flag write (read, segment sums, accumulate,
 compare)."""
+MASK_GAP_CYCLES = 1
+"""DAQ mask expansion: from the last level written to the layer's first read (the plane's write lands)."""
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -308,6 +310,8 @@ def predictor_cycles(channels: int, ih: int, iw: int, rows: int) -> int:
     return channels * ih * ceil_div(iw, rows) + PREDICTOR_GAP_CYCLES
 
 
-def mask_cycles(ih: int, iw: int, rows: int) -> int:
-    """DAQ: the region mask expanded into one level per input pixel (shared by all channels), a window a cycle."""
-    return ih * ceil_div(iw, rows) + PREDICTOR_GAP_CYCLES
+def mask_cycles(ih: int, iw: int) -> int:
+    """DAQ: the region mask expanded into one level per input pixel (shared by all channels), a pixel a cycle:
+    a pixel's cell is MASK_GRID * x // iw, which one walker steps exactly without a divider, where a window
+    a cycle would need a divider per lane."""
+    return ih * iw + MASK_GAP_CYCLES
