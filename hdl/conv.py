@@ -18,7 +18,7 @@ from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, log2
 from dynq.contract.layout import PARAM_BYTES, word_byte, word_bytes
-from dynq.contract.registers import MASK_BITS
+from dynq.contract.registers import MASK_BITS, Level
 from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
 from dynq.hdl.mask_expander import mask_expander
 from dynq.hdl.memories import ram, window_ram
@@ -1317,6 +1317,7 @@ def capture_byte(byte, level, lo, hi, row_ok, pad, levels, signed_in, use_hi, ou
     _, hi_signed = nx.part_range(True)
     _, hi_unsigned = nx.part_range(False)
     low_max, half, part_bits, scale = nx.LOW_MAX, nx.PART_SCALE // 2, nx.PART_BITS, nx.PART_SCALE
+    cropped, four_bit = int(Level.CROPPED), int(Level.FOUR_BIT)
 
     @always_comb
     def take():
@@ -1327,10 +1328,10 @@ def capture_byte(byte, level, lo, hi, row_ok, pad, levels, signed_in, use_hi, ou
         if not (row_ok and i >= lo and i < hi):
             out.next = pad
             low.next = levels
-        elif levels and level == 0:
+        elif levels and level == cropped:
             out.next = CROP_CODE
             low.next = True
-        elif levels and level == 1:
+        elif levels and level == four_bit:
             q = v
             if use_hi:  # the rounded high part; it never falls below the part's range
                 q = (v + half) >> part_bits

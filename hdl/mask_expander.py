@@ -16,10 +16,9 @@ from myhdl import Signal, always, always_comb, block, intbv, modbv
 
 from dynq.contract import timing
 from dynq.contract.array import log2
-from dynq.contract.registers import MASK_BITS, MASK_GRID
+from dynq.contract.registers import MASK_BITS, MASK_GRID, Level
 
-LEVEL_8BIT = 2
-"""The level of an 8-bit pixel (the contract's mask cell values: 0 cropped, 1 4-bit, 2 8-bit)."""
+LEVEL_8BIT = int(Level.EIGHT_BIT)
 assert timing.MASK_GAP_CYCLES == 1, "the last level is written one cycle before the layer's first read"
 
 

@@ -20,6 +20,7 @@ from myhdl import ConcatSignal, Signal, always, always_comb, block, intbv, modbv
 
 from dynq.contract import timing
 from dynq.contract.array import REGION_MAX, REGION_ROW_TILES, is_pow2, log2
+from dynq.contract.registers import Level
 
 REGION_LOG_MAX = log2(REGION_MAX)
 REGION_BITS = REGION_LOG_MAX.bit_length()
@@ -45,6 +46,8 @@ def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, fin
     and `n_regions` count the regions of the pass."""
     rb = log2(rows)
     unit = len(fw_bits) // rows  # bits of a level
+    eight_bit_at, four_bit_at = Level.EIGHT_BIT.bit_length() - 1, Level.FOUR_BIT.bit_length() - 1
+    assert (1 << eight_bit_at, 1 << four_bit_at) == (Level.EIGHT_BIT, Level.FOUR_BIT), "one bit set in each"
     assert REGION_MAX <= rows, "a window covers whole regions"
     lmax = REGION_LOG_MAX
     tb = log2(REGION_ROW_TILES)
@@ -173,12 +176,12 @@ def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, fin
 
     @always_comb
     def flag_write():
-        bits = intbv(0)[unit * rows:]  # level 2 (bit 1) for a sensitive pixel, 1 (bit 0) for the others
+        bits = intbv(0)[unit * rows:]  # Level.EIGHT_BIT for a sensitive pixel, FOUR_BIT for the others
         for j in range(rows):
             if flag_all[(j >> int(lrw)) << int(lrw)]:
-                bits[unit * j + 1] = 1
+                bits[unit * j + eight_bit_at] = 1
             else:
-                bits[unit * j] = 1
+                bits[unit * j + four_bit_at] = 1
         fw_en.next = s3_valid
         fw_addr.next = s3_faddr
         fw_bits.next = bits

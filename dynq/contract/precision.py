@@ -14,7 +14,7 @@ from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import fused_pool_limits, predictor_limits, window_limits
 from dynq.contract.isa import Instr, geometry_error
-from dynq.contract.registers import DeviceError, ErrorCode, Mode, PrecisionRegs
+from dynq.contract.registers import DeviceError, ErrorCode, Level, Mode, PrecisionRegs
 
 
 def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: int, mask: torch.Tensor | None,
@@ -95,11 +95,11 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
         else:
             require_mask(reg, mask, pc)
             level = nx.mask_cells(mask, h, w).to(torch.int16).expand(n, c, h, w)
-            stats.update(sensitive_regions=int((level == 2).sum()), total_regions=values)
+            stats.update(sensitive_regions=int((level == Level.EIGHT_BIT).sum()), total_regions=values)
         low = nx.insensitive(x, signed, reg.insens_hi)
-        xq = torch.where(level == 2, x, torch.where(level == 1, low, torch.zeros_like(x)))
+        xq = torch.where(level == Level.EIGHT_BIT, x, torch.where(level == Level.FOUR_BIT, low, torch.zeros_like(x)))
         if reg.zero_skip:
-            steps = torch.where(level == 2, nx.part_steps(xq), (xq != 0).to(torch.int16))
+            steps = torch.where(level == Level.EIGHT_BIT, nx.part_steps(xq), (xq != 0).to(torch.int16))
         else:
             steps = level.clone() if reg.mode == Mode.DAQ else level.expand(n, c, h, w).clone()
         return xq, steps, {**stats, "kept_parts": int(steps.sum())}

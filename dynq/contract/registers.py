@@ -19,8 +19,16 @@ MAX_LAYERS = 256
 MASK_GRID = 16
 """The region mask is a MASK_GRID x MASK_GRID grid over the network input, scaled to every layer."""
 MASK_BITS = 2
-"""Bits per mask cell: 0 = cropped (0 bits), 1 = 4-bit, 2 = 8-bit."""
+"""Bits per mask cell: a `Level`."""
 MASK_WORDS = MASK_GRID * MASK_GRID * MASK_BITS // 32
+
+
+class Level(enum.IntEnum):
+    """A pixel's precision in DRQ and DAQ (a DAQ mask cell holds one; DRQ gives FOUR_BIT or EIGHT_BIT)."""
+
+    CROPPED = 0
+    FOUR_BIT = 1
+    EIGHT_BIT = 2
 
 
 class Mode(enum.IntEnum):
