@@ -19,20 +19,31 @@ from dynq.contract import timing
 from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, log2
 from dynq.contract.layout import PARAM_BYTES, word_byte, word_bytes
 from dynq.contract.registers import MASK_BITS, Level
-from dynq.hdl.lanes import ACC_BITS, SHIFT_SAT, signed, signed_acc
+from dynq.hdl.lanes import SHIFT_SAT, signed
 from dynq.hdl.mask_expander import mask_expander
 from dynq.hdl.memories import ram, window_ram
 from dynq.hdl.predictor import region_predictor
 
 PE_ACC_BITS = nx.ACC_BITS
+"""The PEs' accumulators: the compiler proves every layer's sums fit (`numerics.accumulator_bound`)."""
 LEVEL_BITS = MASK_BITS
 """A unit of the level plane: the contract's pixel levels (0 cropped, 1 4-bit, 2 8-bit)."""
 CROP_CODE = 0x88
 """A cropped pixel in the line: a `low` byte no 4-bit value takes (the low-part rule gives |v| <= 15, the
-high-part rule multiples of 16), so the lane gives it no step."""
-assert all(CROP_CODE not in nx.insensitive(torch.arange(lo, hi + 1), signed, use_hi).remainder(256).tolist()
-           for signed in (False, True) for lo, hi in [nx.value_range(signed)] for use_hi in (False, True))
-"""The PEs' accumulators: the compiler proves every layer's sums fit (`numerics.accumulator_bound`)."""
+high-part rule multiples of 16), so the lane gives it no step. A lane tells it by three bits: its top two
+differ (no |v| <= 15 has that) and bit CROP_MARK is set (no multiple of 16 has that)."""
+CROP_TOP, CROP_MARK = 7, 3
+
+
+def _looks_cropped(v: int) -> bool:
+    return (v >> CROP_TOP & 1) != (v >> (CROP_TOP - 1) & 1) and bool(v >> CROP_MARK & 1)
+
+
+_LOW_CODES = {0, 0x80} | {int(c) for signed in (False, True) for lo, hi in [nx.value_range(signed)]
+                          for use_hi in (False, True)
+                          for c in nx.insensitive(torch.arange(lo, hi + 1), signed, use_hi).remainder(256)}
+"""Every byte a line slot holds with `low` set besides CROP_CODE: the 4-bit values and the paddings."""
+assert _looks_cropped(CROP_CODE) and not any(_looks_cropped(c) for c in _LOW_CODES)
 MAG_BITS = nx.PART_BITS
 """A term part as a PE multiplies it: a magnitude (0..15) and a sign, so that the product is two radix-4
 digits read from the column's multiples of its weight and one add."""
@@ -172,8 +183,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     """`start` (one cycle) latches the instruction fields `f` (a dict of signals, valid in that cycle).
     Arena: read port (`ar_addr` -> `ar_data` a cycle later), write port (its data comes from the requantizer
     lanes). Weight memory: port A for weights, port B for the per-channel records. `drain` (a dict) feeds the
-    core's requantizer lanes: `acc` (a sum per lane), `bias` and `mult` for their first stage, `rnd` and
-    `shift` in the cycles of their second and third. `last` marks the layer's final busy cycle (its last
+    core's requantizer lanes: `acc` (a sum per lane), `bias` and `mult` for their first stage, `shift`
+    in the cycle of their third. `last` marks the layer's final busy cycle (its last
     output write); then `n_compute`, `n_stall` and `n_steps` hold the layer's compute_cycles, stall_cycles
     and mac_steps, `n_sensitive` and `n_regions` the DRQ predictor's region counts (DAQ: pixel counts).
 
@@ -243,7 +254,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     ih, iw, oh, ow = reg(16), reg(16), reg(16), reg(16)
     kh, kw, sh, sw, pt, pl = reg(8), reg(8), reg(4), reg(4), reg(4), reg(4)
     s0_signed, zero_skip = Signal(bool(0)), Signal(bool(0))
-    drq, daq = Signal(bool(0)), Signal(bool(0))
+    daq = Signal(bool(0))
     levels = Signal(bool(0))  # DRQ or DAQ: the fill reads the level plane
     insens_hi = Signal(bool(0))  # DRQ/DAQ: 4-bit pixels by their high or low part
     sdp, lg, keep = Signal(bool(0)), reg(len(f_lg)), reg(len(f_k))  # SDP: log2 of g; parts kept per unit
@@ -327,8 +338,8 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     dr_store, dr_write = Signal(bool(0)), Signal(bool(0))  # fused pooling: an even row kept, an odd row written
     acc_sel = drain["acc"]
     d_bias, d_mult = drain["bias"], drain["mult"]
-    d_shift, d_rnd = reg(6), signed_acc()
-    rnd_2, shift_2, shift_3 = drain["rnd"], reg(6), drain["shift"]
+    d_shift = reg(6)
+    shift_2, shift_3 = reg(6), drain["shift"]
 
     # phase bookkeeping
     pe_reset = Signal(bool(0))  # a pass starts in the next cycle: the PEs' sums start from 0
@@ -394,18 +405,17 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     @always_comb
     def unit_work():
         # int8/DRQ: a unit is a slot; SDP: unit u is slots u*g .. u*g+g-1, and none has work when k is 0
+        # (the loops run unconditionally: loop variables assigned in one branch only synthesize to latches)
         bits = 0
         for u in range(BLOCK):
-            has = False
+            in_unit = False
+            for t in range(BLOCK):
+                for g_log in range(g_logs):
+                    if lg == g_log and (t >> g_log) == u and slots_busy[t]:
+                        in_unit = True
+            has = slots_busy[u]
             if sdp:
-                for t in range(BLOCK):
-                    for g_log in range(g_logs):
-                        if lg == g_log and (t >> g_log) == u and slots_busy[t]:
-                            has = True
-                if keep == 0:
-                    has = False
-            elif slots_busy[u]:
-                has = True
+                has = in_unit and keep != 0
             if has:
                 bits = bits | (1 << u)
         work.next = bits
@@ -428,9 +438,9 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
     flag_ra = Signal(modbv(0)[abw:])
     flag_rd = Signal(intbv(0)[lb * rows:])
 
-    def plane_writer() -> tuple[Signal, ...]:  # en, addr, bits, mask, finish, sensitive, regions
+    def plane_writer() -> tuple[Signal, ...]:  # en, addr, bits, mask, finish, sensitive and regions added
         return (Signal(bool(0)), Signal(modbv(0)[abw:]), Signal(intbv(0)[lb * rows:]), reg(rows), Signal(bool(0)),
-                reg(32), reg(32))
+                reg(16), reg(16))
 
     fw_en, fw_addr, fw_bits, fw_mask = plane_writer()[:4]  # the plane's write port
     pr_en, pr_wa, pr_bits, pr_mask, pr_done, pr_sensitive, pr_regions = plane_writer()  # DRQ writes it
@@ -456,17 +466,17 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             fw_addr.next = pr_wa
             fw_bits.next = pr_bits
             fw_mask.next = pr_mask
-        if drq:
-            n_sensitive.next = pr_sensitive
-            n_regions.next = pr_regions
-        elif daq:
-            n_sensitive.next = mx_sensitive
-            n_regions.next = mx_regions
-        else:
+
+    @always(clk.posedge)
+    def level_counts():  # one pair of counters: the predictor and the mask expansion never run together
+        if start and state == st_t.IDLE:
             n_sensitive.next = 0
             n_regions.next = 0
+        else:
+            n_sensitive.next = n_sensitive + (pr_sensitive | mx_sensitive)
+            n_regions.next = n_regions + (pr_regions | mx_regions)
 
-    insts.append(predictor_go)
+    insts += [predictor_go, level_counts]
 
     # ---- line register updates -----------------------------------------------------------------------
     for t in range(BLOCK):
@@ -844,7 +854,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
                 pl.next = f_pl
                 s0_signed.next = f_s0_signed
                 zero_skip.next = f_zero_skip
-                drq.next = f_drq
                 daq.next = f_daq
                 levels.next = f_drq or f_daq
                 sdp.next = f_sdp
@@ -1090,10 +1099,6 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
             d_bias.next = rec[32:0].signed()
             d_mult.next = rec[48:32]
         d_shift.next = s
-        half = intbv(0)[ACC_BITS + 1:]
-        half[:] = 1
-        half[:] = half << s
-        d_rnd.next = half >> 1
         aw_en.next = dr_t_valid[pipe - 1] and dr_write
         aw_addr.next = dr_t_addr[pipe - 1]
         aw_mask.next = dr_t_mask[pipe - 1]
@@ -1227,8 +1232,7 @@ def conv_engine(rows: int, cols: int, abw: int, wmw: int, clk, rst, start, f, ar
 
     @always(clk.posedge)
     def stage_terms():
-        # the rounding term and the shift follow the sums into the lanes' second and third stages
-        rnd_2.next = d_rnd
+        # the shift follows the sums into the lanes' third stage
         shift_2.next = d_shift
         shift_3.next = shift_2
 
@@ -1411,7 +1415,7 @@ def steps_of_lane(value, low, signed, zero_skip, lanes, nch, steps, j: int, t: i
         n = 2
         if low:
             n = 1
-            if v == CROP_CODE or (zero_skip and v == 0):
+            if (value[CROP_TOP] != value[CROP_TOP - 1] and value[CROP_MARK]) or (zero_skip and v == 0):
                 n = 0
         elif zero_skip:
             n = int(hi != 0) + int(lo != 0)

@@ -31,7 +31,7 @@ from dynq.contract.isa import FIELD, INSTR_WORDS
 from dynq.contract.layout import PARAM_BYTES, word_bytes
 from dynq.hdl.axil import addr_bits, axil_slave, word
 from dynq.hdl.conv import PE_ACC_BITS, conv_engine
-from dynq.hdl.lanes import ACC_BITS, MULT_BITS, SHIFT_SAT, requant_lane, signed, signed_acc
+from dynq.hdl.lanes import MULT_BITS, SHIFT_SAT, requant_lane, signed
 from dynq.hdl.memories import ram, ram_bytes, ram_dual_bytes, window_ram
 from dynq.hdl.predictor import REGION_BITS, REGION_LOG_MAX
 
@@ -472,9 +472,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     c_ar_addr, c_aw_addr = Signal(intbv(0)[abw:]), Signal(intbv(0)[abw:])
     c_aw_mask = Signal(intbv(0)[rows:])
     c_sums = [signed(PE_ACC_BITS) for _ in range(rows)]
-    c_bias, c_mult, c_rnd, c_shift = signed(PE_ACC_BITS), signed(MULT_BITS), signed_acc(), Signal(intbv(0)[6:])
+    c_bias, c_mult, c_shift = signed(PE_ACC_BITS), signed(MULT_BITS), Signal(intbv(0)[6:])
     c_y, c_wdata = Signal(intbv(0)[8 * rows:]), Signal(intbv(0)[8 * rows:])  # the lanes' bytes; what the engine writes
-    c_drain = {"acc": c_sums, "bias": c_bias, "mult": c_mult, "rnd": c_rnd, "shift": c_shift, "y": c_y,
+    c_drain = {"acc": c_sums, "bias": c_bias, "mult": c_mult, "shift": c_shift, "y": c_y,
                "data": c_wdata}
     c_aw_en, c_last, c_start = Signal(bool(0)), Signal(bool(0)), Signal(bool(0))
     c_wa_addr, c_wb_addr = Signal(intbv(0)[wmw:]), Signal(intbv(0)[wmw:])
@@ -523,7 +523,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     mult0 = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
     mult1 = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
     shift = Signal(intbv(0)[6:])
-    rnd = signed_acc()
     clip_lo = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
     clip_hi = Signal(intbv(0, min=-(1 << 15), max=1 << 15))
     # pipeline tags: stage 1 (read data here), 2, 3, write stage
@@ -540,12 +539,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     # the requantizer lanes, shared by the element-wise unit and the convolution drain
     lane_conv = Signal(bool(0))
     lane_m0 = signed(MULT_BITS)
-    lane_rnd = signed_acc()
     lane_shift = Signal(intbv(0)[6:])
 
     for j in range(rows):
         insts.append(requant_lane(clk, lane_conv, c_sums[j], c_bias, am_rd(8 * j + 8, 8 * j),
-                                  lane_x_signed, lane_capture, is_add, lane_m0, mult1, lane_rnd, lane_shift,
+                                  lane_x_signed, lane_capture, is_add, lane_m0, mult1, lane_shift,
                                   clip_lo, clip_hi, lane_y[j]))
     y_all = ConcatSignal(*reversed(lane_y))
 
@@ -560,11 +558,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         lane_conv.next = state == s_t.CONV
         if state == s_t.CONV:
             lane_m0.next = c_mult
-            lane_rnd.next = c_rnd
             lane_shift.next = c_shift
         else:
             lane_m0.next = mult0
-            lane_rnd.next = rnd
             lane_shift.next = shift
 
     @always_comb
@@ -657,10 +653,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 if sh > shift_sat:
                     sh = shift_sat
                 shift.next = sh
-                half = intbv(0)[ACC_BITS + 1:]  # a full-width variable: the shift must not be done in 32 bits
-                half[:] = 1
-                half[:] = half << sh
-                rnd.next = half >> 1
                 rd_ptr_a.next = f_src0
                 rd_ptr_b.next = f_src1
                 wr_ptr.next = f_dst

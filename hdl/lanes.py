@@ -1,6 +1,9 @@
 """The requantizer lanes, one per byte of an arena word, shared by the element-wise unit and the convolution
-drain: the contract's rule `clamp((x * mult + rnd) >> shift)` in three registered stages (products, rounding
-term, arithmetic shift and clamp); the contract's PIPE_CYCLES counts these three plus an operand read.
+drain: the contract's rule `clamp((x * mult + (2**shift >> 1)) >> shift)` in three registered stages
+(products, a register, shift-round-clamp); the contract's PIPE_CYCLES counts these three plus an operand read.
+
+The rounding term is never added at full width: (p + 2**(s-1)) >> s equals ((2p >> s) + 1) >> 1 for s >= 1
+(and 2p >> 0 >> 1 = p for s = 0), so the shift comes first and the add is as narrow as the clamp.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ ACC_BITS = 48
 """Wide enough for (a*m0 + b*m1) plus the rounding term of any shift the core applies (<= ACC_BITS - 1)."""
 SHIFT_SAT = ACC_BITS - 1
 """Shifts beyond this give the same result as this one for every |a*m0 + b*m1| < 2**(ACC_BITS - 2)."""
+SHIFTED_BITS = ACC_BITS + 1
+"""The doubled product 2 * (a*m0 + b*m1) that the shift takes."""
 OPERAND_BITS = nx.ACC_BITS + 2
 """A convolution's sum plus its bias (both within the contract's ACC_BITS; their sum one bit wider), signed."""
 MULT_BITS = 17
@@ -22,10 +27,6 @@ per-channel 16-bit record field read unsigned (convolution)."""
 
 def signed(bits: int) -> Signal:
     return Signal(intbv(0, min=-(1 << (bits - 1)), max=1 << (bits - 1)))
-
-
-def signed_acc(bits: int = ACC_BITS) -> Signal:
-    return signed(bits)
 
 
 @block
@@ -43,23 +44,26 @@ def shift_step(source, target, shift, b: int):
 
 
 @block
-def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, rnd, shift, clip_lo, clip_hi, y):
+def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, shift, clip_lo, clip_hi, y):
     """Stage 1 forms `x0 * m0 + x1 * m1` from this cycle's operands: a convolution (`conv`) gives its sum
     `acc + bias` as x0; otherwise `data` (the lane's byte of the arena read, signed if `x_signed`) is x0,
-    or with `add` it is x1 beside the byte kept by an earlier `capture_a`. Stage 2 adds `rnd`, stage 3
-    shifts by `shift` and clamps to [clip_lo, clip_hi]: the caller presents `rnd` and `shift` in the
-    cycles those stages take them. `y` is the result's low byte."""
+    or with `add` it is x1 beside the byte kept by an earlier `capture_a`. Stage 2 holds it, stage 3
+    shifts by `shift`, rounds and clamps to [clip_lo, clip_hi]: the caller presents `shift` in the cycle
+    stage 3 takes it. `y` is the result's low byte."""
     lo, _ = nx.value_range(True)
     _, hi = nx.value_range(False)
     x = Signal(intbv(0, min=lo, max=hi + 1))
     held = Signal(intbv(0, min=lo, max=hi + 1))
     x0 = signed(OPERAND_BITS)
     x1 = Signal(intbv(0, min=lo, max=hi + 1))
-    acc1, acc2, shifted = signed_acc(), signed_acc(), signed_acc()
+    acc1, acc2 = signed(ACC_BITS), signed(ACC_BITS)
+    doubled, shifted = signed(SHIFTED_BITS), signed(SHIFTED_BITS)
     clip_bits = len(clip_lo)
+    kept_bits = clip_bits + 2  # the bits of `shifted` that the rounding reads when the result can fit
     top = Signal(intbv(0)[ACC_BITS:])  # the bits of acc2 at shift + clip_bits and up (the rest clear)
     top_mask = Signal(intbv(0)[ACC_BITS:])
-    narrow = signed(clip_bits + 1)  # `shifted` saturated to one bit more than the clamp bounds
+    rounded = signed(kept_bits + 1)
+    narrow = signed(kept_bits)  # the rounded result, or a value past the clamp bounds of its sign
     narrow_lo, narrow_hi = narrow.min, narrow.max - 1
     clamped = Signal(intbv(0)[8:])  # the low byte of the clamped value
 
@@ -82,15 +86,20 @@ def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, r
             x0.next = x
             x1.next = 0
 
+    @always_comb
+    def double():
+        doubled.next = acc2 << 1
+
     # the shift as fixed steps, the largest first (Yosys's own shifter takes the smallest first): the later
     # steps keep only the low bits the clamp reads
-    chain = [acc2] + [signed_acc() for _ in range(len(shift) - 1)] + [shifted]
+    chain = [doubled] + [signed(SHIFTED_BITS) for _ in range(len(shift) - 1)] + [shifted]
     shift_out = [shift_step(chain[i], chain[i + 1], shift, b) for i, b in enumerate(reversed(range(len(shift))))]
 
     @always_comb
     def upper_bits():
-        # whether the shifted value fits the clamp's bits, read from acc2 under a mask of the shift alone
-        # (the same in every lane: Yosys builds it once)
+        # whether `shifted` fits kept_bits (its bits at shift + clip_bits + 1 and up, those of acc2 at
+        # shift + clip_bits and up, all equal), under a mask of the shift alone (the same in every lane:
+        # Yosys builds it once)
         m = intbv(0)[ACC_BITS:]
         for i in range(ACC_BITS):
             m[i] = i >= shift + clip_bits
@@ -98,10 +107,17 @@ def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, r
         top.next = acc2[ACC_BITS:] & m
 
     @always_comb
+    def round_half_up():
+        if shift == 0:
+            rounded.next = shifted[kept_bits:].signed()
+        else:
+            rounded.next = shifted[kept_bits:].signed() + 1
+
+    @always_comb
     def saturate():
         # a narrow compare instead of two full-width ones
         if top == 0 or top == top_mask:
-            narrow.next = shifted[clip_bits + 1:].signed()
+            narrow.next = rounded >> 1
         elif acc2 < 0:
             narrow.next = narrow_lo
         else:
@@ -121,7 +137,7 @@ def requant_lane(clk, conv, acc, bias, data, x_signed, capture_a, add, m0, m1, r
         if capture_a:
             held.next = x
         acc1.next = x0 * m0 + x1 * m1
-        acc2.next = acc1 + rnd
+        acc2.next = acc1
         y.next = clamped
 
-    return byte, operands, shift_out, upper_bits, saturate, clamp, stages
+    return byte, operands, double, shift_out, upper_bits, round_half_up, saturate, clamp, stages

@@ -57,11 +57,12 @@ def cell_advance(rem, cell, q, r, size, rem_next, cell_next):
 
 @block
 def mask_expander(rows: int, abw: int, clk, rst, go, f, mask_regs, finish, fw_en, fw_addr, fw_bits, fw_mask,
-                  n_sensitive, n_regions):
+                  d_sensitive, d_regions):
     """`go` (one cycle, the fields `f` valid in it: cin, ih, iw) starts the walk; `finish` marks its last
     cycle, MASK_GAP_CYCLES after the last write. `mask_regs` are the MASK_WORDS words of the mask memory
     (word = one mask row). The level plane is written through (fw_en, fw_addr, fw_bits, fw_mask), one unit
-    a cycle in lane 0. `n_sensitive` counts 8-bit pixels and `n_regions` pixels, both times the channels."""
+    a cycle in lane 0. `d_sensitive` and `d_regions` are this cycle's 8-bit pixels and pixels, both times the
+    channels (0 in other cycles), for the layer's counters to add."""
     cells_per_word = 32 // MASK_BITS
     assert cells_per_word == MASK_GRID, "a mask word holds one row of cells"
     cell_bits = log2(MASK_GRID)
@@ -98,6 +99,12 @@ def mask_expander(rows: int, abw: int, clk, rst, go, f, mask_regs, finish, fw_en
         fw_bits.next = level
         fw_mask.next = 1
         finish.next = ending
+        d_sensitive.next = 0
+        d_regions.next = 0
+        if running:
+            d_regions.next = cin
+            if level == LEVEL_8BIT:
+                d_sensitive.next = cin
 
     @always(clk.posedge)
     def walk():
@@ -119,14 +126,9 @@ def mask_expander(rows: int, abw: int, clk, rst, go, f, mask_regs, finish, fw_en
             rx.next = 0
             ry.next = 0
             addr.next = 0
-            n_sensitive.next = 0
-            n_regions.next = 0
             running.next = 1
         elif running:
             addr.next = addr + 1
-            n_regions.next = n_regions + cin
-            if level == LEVEL_8BIT:
-                n_sensitive.next = n_sensitive + cin
             if x + 1 < iw:
                 x.next = x + 1
                 rx.next = rx_n

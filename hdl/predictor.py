@@ -39,11 +39,12 @@ def _reg(bits: int) -> Signal:
 
 @block
 def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, finish, fw_en, fw_addr, fw_bits,
-                     fw_mask, n_sensitive, n_regions):
+                     fw_mask, d_sensitive, d_regions):
     """`go` (one cycle, the fields `f` valid in it: src0, cin, ih, iw, rh, lrw, threshold, s0_signed) starts a
     pass over the input; `finish` marks its last cycle, PREDICTOR_GAP_CYCLES after the last read. Until
-    then `rd_addr` is the arena read address and `rd_data` its data a cycle later. `n_sensitive`
-    and `n_regions` count the regions of the pass."""
+    then `rd_addr` is the arena read address and `rd_data` its data a cycle later. `d_sensitive` and
+    `d_regions` are the sensitive regions and the regions of this cycle's flag write (0 in other cycles):
+    the layer's counters add them (they are shared with the mask expansion, which never runs beside it)."""
     rb = log2(rows)
     unit = len(fw_bits) // rows  # bits of a level
     eight_bit_at, four_bit_at = Level.EIGHT_BIT.bit_length() - 1, Level.FOUR_BIT.bit_length() - 1
@@ -164,7 +165,10 @@ def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, fin
             insts.append(pair_add(levels[level - 1][2 * i], levels[level - 1][2 * i + 1], levels[level][i]))
     seg = [_reg(SEG_BITS) for _ in range(rows)]
     for b in range(rows):
-        insts.append(segment_pick(clk, [levels[level][b >> level] for level in range(lmax + 1)], lrw, seg[b]))
+        # only a segment's first lane's sum is read (its flag is the region's), so lane b takes the levels
+        # whose segments start at it: a lane at an odd position takes its own |x| and needs no multiplexer
+        starts = [levels[level][b >> level] for level in range(lmax + 1) if b % (1 << level) == 0]
+        insts.append(segment_pick(clk, starts, lrw, seg[b]))
 
     # stage 2: the band's running sums; on its last row, the flags
     flags = [Signal(bool(0)) for _ in range(rows)]
@@ -190,18 +194,17 @@ def region_predictor(rows: int, abw: int, clk, rst, go, f, rd_addr, rd_data, fin
         else:
             fw_mask.next = (1 << int(s3_n)) - 1
 
-    @always(clk.posedge)
+    @always_comb
     def count():
-        if go:
-            n_sensitive.next = 0
-            n_regions.next = 0
-        elif s3_valid:
-            sensitive = 0
-            for b in range(rows):
-                if b < s3_n and (b & ((1 << int(lrw)) - 1)) == 0 and flag_all[b]:
-                    sensitive = sensitive + 1
-            n_sensitive.next = n_sensitive + sensitive
-            n_regions.next = n_regions + ((int(s3_n) + (1 << int(lrw)) - 1) >> int(lrw))
+        sensitive = intbv(0)[len(d_sensitive):]
+        for b in range(rows):
+            if b < s3_n and (b & ((1 << int(lrw)) - 1)) == 0 and flag_all[b]:
+                sensitive[:] = sensitive + 1
+        d_sensitive.next = 0
+        d_regions.next = 0
+        if s3_valid:
+            d_sensitive.next = sensitive
+            d_regions.next = (int(s3_n) + (1 << int(lrw)) - 1) >> int(lrw)
 
     insts += [flag_write, count]
     return insts
@@ -234,8 +237,17 @@ def pair_add(a, b, out):
 
 @block
 def segment_pick(clk, candidates, lrw, out):
-    """The sum of the segment 2**lrw lanes wide that holds this lane (candidate l: the level-l node), registered."""
+    """The sum of the segment 2**lrw lanes wide that starts at this lane (candidate l: the level-l node),
+    registered; where no such segment starts here, a sum that nothing reads."""
     width = len(out)
+    if len(candidates) == 1:
+        own = candidates[0]
+
+        @always(clk.posedge)
+        def single():
+            out.next = own
+
+        return single
     joined = ConcatSignal(*reversed(candidates))
 
     @always(clk.posedge)
