@@ -17,6 +17,7 @@ from myhdl import ConcatSignal, Signal, always, always_comb, block, concat, enum
 from dynq.contract import numerics as nx
 from dynq.contract import timing
 from dynq.contract.array import BLOCK, LINE_WINDOWS, MAX_STRIDE, POOL_ROW_TILES, log2
+from dynq.contract.isa import FIELD
 from dynq.contract.layout import PARAM_BYTES, word_byte, word_bytes
 from dynq.contract.registers import MASK_BITS, Level
 from dynq.hdl.lanes import SHIFT_SAT, signed
@@ -48,8 +49,12 @@ MAG_BITS = nx.PART_BITS
 """A term part as a PE multiplies it: a magnitude (0..15) and a sign, so that the product is two radix-4
 digits read from the column's multiples of its weight and one add."""
 WEIGHT_BITS = 8
-POOL_ACC_BITS = 26
-"""A POOL sum: windows of up to 255 x 255 (the kernel fields) 8-bit values."""
+_TAPS = FIELD["kh"].hi * FIELD["kw"].hi
+_BYTE_LO, _BYTE_HI = nx.value_range(True)[0], nx.value_range(False)[1]
+POOL_ACC_BITS = max(-_BYTE_LO * _TAPS - 1, _BYTE_HI * _TAPS).bit_length() + 1
+"""A POOL sum, signed: a window as large as the kernel fields allow of bytes read signed or unsigned."""
+BYTE_BITS = max(-_BYTE_LO - 1, _BYTE_HI).bit_length() + 1
+"""A byte read signed or unsigned, as one signed value: what a max-pooling accumulator ever holds."""
 DRAIN_READ_LATENCY = 1
 PARTS = 2 * BLOCK
 """Term parts of a lane's line slots: an SDP unit (g <= BLOCK slots) chooses among at most these."""
@@ -1703,7 +1708,7 @@ def pool_lane(clk, vals, u, signed_in, is_max, active, first, bank, drain_bank, 
     while the next pass accumulates in the other. Slot u of `bank` takes this cycle's value: its max, or its
     sum; the first tap of a pass's first item writes the value itself, so no bank is ever cleared."""
     mem = [signed(POOL_ACC_BITS) for _ in range(2 * BLOCK)]
-    new = signed(POOL_ACC_BITS)
+    held, new = signed(POOL_ACC_BITS), signed(POOL_ACC_BITS)
     wi, ri = Signal(intbv(0)[4:]), Signal(intbv(0)[4:])
     assert BLOCK == 8, "a bank is addressed by a 3-bit slot"
 
@@ -1713,20 +1718,23 @@ def pool_lane(clk, vals, u, signed_in, is_max, active, first, bank, drain_bank, 
         ri.next = concat(drain_bank, k[3:])
 
     @always_comb
+    def slot_value():
+        held.next = mem[wi]
+
+    @always_comb
     def combine():
         v = int((vals >> (8 * int(u))) & 0xFF)
         if signed_in and v >= 128:
             v = v - 256
-        a = int(mem[wi])
         if first:
             new.next = v
-        elif is_max:
-            if v > a:
+        elif is_max:  # a byte: the compare needs no more bits than one
+            if v > held[BYTE_BITS:].signed():
                 new.next = v
             else:
-                new.next = a
+                new.next = held
         else:
-            new.next = a + v
+            new.next = held + v
 
     @always(clk.posedge)
     def update():
@@ -1734,4 +1742,4 @@ def pool_lane(clk, vals, u, signed_in, is_max, active, first, bank, drain_bank, 
             mem[wi].next = new
         out.next = mem[ri]
 
-    return index, combine, update
+    return index, slot_value, combine, update

@@ -219,8 +219,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             xfer_mem.next = 0
             xfer_addr.next = 0
             xfer_bytes.next = 0
-            for i in range(rg.MASK_WORDS):
-                mask_regs[i].next = 0
         elif wr_en:
             if wr_addr == off_ctrl:
                 start.next = wr_data[b_start]
@@ -237,8 +235,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 xfer_addr.next = wr_data
             elif wr_addr == off_xbytes:
                 xfer_bytes.next = wr_data
-            elif wr_addr >= mask_lo and wr_addr < mask_hi:
-                mask_regs[wr_addr[aw:2] - mask_lo // 4].next = wr_data
+
+    @always(clk.posedge)
+    def mask_write():
+        # a small RAM, like the precision banks: no reset, the host writes a mask before a DAQ run
+        if wr_en and wr_addr >= mask_lo and wr_addr < mask_hi:
+            mask_regs[wr_addr[aw:2] - mask_lo // 4].next = wr_data
 
     @always(clk.posedge)
     def bus_read_stage():
@@ -299,7 +301,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         else:
             rd_data.next = global_q
 
-    insts += [reset_logic, bus_decode, bus_write, bus_read_stage, bus_read_mux]
+    insts += [reset_logic, bus_decode, bus_write, mask_write, bus_read_stage, bus_read_mux]
 
     # ---- memories ---------------------------------------------------------------------------------------
     im_we0, im_we1 = Signal(intbv(0)[BEAT:]), Signal(intbv(0)[BEAT:])
