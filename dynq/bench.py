@@ -1,4 +1,5 @@
-"""Benchmarks that print tables: accuracy and cycles per precision mode, and the emulator's speed.
+"""Benchmarks that print tables: accuracy and cycles per precision mode, the emulator's speed, and the pynq
+driver's overhead on the simulated board.
 
 Every number comes from running the code here on this machine; nothing is typed in. Timing ratios are
 always taken against a reference measured in the same run.
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -165,4 +167,51 @@ def speed(board: str = "pynq-z2", repeats: int = 20) -> dict[str, Any]:
                   f"ResNet-50 {results['compile_resnet50_s']:.2f} s")
     results["ms"] = times
     results["emulator_vs_ort_int8"] = times["dynq emulator int8"] / ref
+    return results
+
+
+def sim_pynq(images: int = 100, board: str = "pynq-z2", repeats: int = 3) -> dict[str, Any]:
+    """Per-image wall time of the small ResNet on `images` MNIST test digits through the pynq driver on the
+    simulated board (`sim-pynq`: pynq's MMIO, allocate and DMA classes, the overlay's register and DMA model,
+    the emulated core), against the bare emulator on the same batch, and against the emulator given one image
+    per call, which is how the device runs (one image per start)."""
+    from dynq.zoo import bundled_model
+    from dynq.zoo.data import load_mnist
+
+    x = load_mnist("test")[0][:images]
+    results: dict[str, Any] = {"suite": "sim-pynq", "board": board, "images": len(x), "repeats": repeats,
+                               "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        dynq.compile(bundled_model("resnet_small"), board, Path(tmp) / "b", calib=load_mnist("train")[0][:CALIB_IMAGES])
+        model = dynq.load(Path(tmp) / "b")
+        driver = model.open_backend("sim-pynq")  # program and weights go to the device once, outside the timing
+        runners = {
+            "emulator, whole batch": lambda: model.run(x),
+            "emulator, one image per call": lambda: [model.run(x[i:i + 1]) for i in range(len(x))],
+            "sim-pynq (pynq driver, simulated board)": lambda: model.run(x, backend="sim-pynq"),
+        }
+        if not np.array_equal(model.run(x, backend="sim-pynq").output, model.run(x).output):
+            raise RuntimeError("sim-pynq and the emulator disagree on the benchmark batch; run the tests")
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(repeats):  # round robin, as in `speed`
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+        model.close()
+    ms = {name: float(np.median(s)) * 1e3 / len(x) for name, s in samples.items()}
+    batch, single = ms["emulator, whole batch"], ms["emulator, one image per call"]
+    table = Table(title=f"dynq bench --suite sim-pynq: small ResNet, {len(x)} MNIST digits, {board}, median of "
+                        f"{repeats} round-robin repeats, {results['torch_threads']} torch thread(s), this machine")
+    for col in ("runner", "ms / image", "x emulator batch", "x emulator per image"):
+        table.add_column(col, justify="left" if col == "runner" else "right")
+    for name, value in ms.items():
+        table.add_row(name, f"{value:.2f}", f"{value / batch:.2f}", f"{value / single:.2f}")
+    console.print(table)
+    moved = driver.device.dma.moved
+    console.print(f"sim-pynq moved {moved['mm2s']:,} bytes to the core and {moved['s2mm']:,} back through the "
+                  "simulated AXI DMA (program and weights once, every arena in and out)")
+    results["ms_per_image"] = ms
+    results["sim_pynq_vs_emulator_batch"] = ms["sim-pynq (pynq driver, simulated board)"] / batch
+    results["sim_pynq_vs_emulator_per_image"] = ms["sim-pynq (pynq driver, simulated board)"] / single
     return results

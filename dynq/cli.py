@@ -94,30 +94,41 @@ def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, 
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), required=True,
               help="Input batch, float32 [N,C,H,W] .npy (or the first array of an .npz).")
-@click.option("--backend", type=click.Choice(["emulator", "rtl"]), default="emulator", show_default=True,
+@click.option("--backend", type=click.Choice(["emulator", "rtl", "sim-pynq", "sim-pynq-rtl"]), default="emulator",
+              show_default=True,
               help="emulator: the bit-exact software model. rtl: the Verilator simulation of the generated core, "
-              "driven through its registers and streams (first use builds it, ~30 s; then cached).")
-@click.option("--verify", is_flag=True, help="With --backend rtl: also run the emulator and stop at the first layer "
-              "whose output tensor or cycle counters differ.")
+              "driven through its registers and streams (first use builds it, ~30 s; then cached). sim-pynq: the "
+              "pynq board driver (MMIO, allocate, AXI DMA) on a simulated board whose core is the emulator. "
+              "sim-pynq-rtl: the same with the Verilator core behind the simulated board.")
+@click.option("--verify", is_flag=True, help="With a backend other than the emulator: also run the emulator and stop "
+              "at the first layer whose output tensor or cycle counters differ.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="With sim-pynq or sim-pynq-rtl: seconds any one wait on the device may take "
+              "[default: 10 for sim-pynq, 120 for sim-pynq-rtl].")
 @click.option("--board", help="Refuse to run unless the build matches this board's architecture.")
 @click.option("--mode", type=click.Choice(["int8", "drq", "sdp", "daq"]), help="Precision preset to run with.")
 @click.option("--mask", type=click.Path(path_type=Path), help="DAQ region mask, 16x16 .npy of 0/1/2.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Output .npy.")
 @click.option("--raw", is_flag=True, help="Write the integer output tensor instead of dequantized float32.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-layer JSON report here.")
-def run_cmd(build_dir: Path, input_path: Path, backend: str, verify: bool, board: str | None, mode: str | None,
-            mask: Path | None, output: Path, raw: bool, report: Path | None) -> None:
+def run_cmd(build_dir: Path, input_path: Path, backend: str, verify: bool, timeout: float | None, board: str | None,
+            mode: str | None, mask: Path | None, output: Path, raw: bool, report: Path | None) -> None:
     """Run a compiled build on a batch of inputs."""
     import dynq
     from dynq.contract.artifacts import write_atomic
     from dynq.errors import UsageError
+    from dynq.runtime.backends import SIMULATED_BOARDS
 
     for path in (output, report):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the directory {path.resolve().parent} does not exist; create it first")
+    if timeout is not None and backend not in SIMULATED_BOARDS:
+        raise UsageError(f"--timeout applies to --backend {' or '.join(SIMULATED_BOARDS)}, not {backend}")
     model = dynq.load(build_dir, board=board, mode=mode)
     x = _load_array(input_path, "the input")
     try:
+        if timeout is not None:
+            model.open_backend(backend, timeout=timeout)
         result = model.run(x, mask=_load_array(mask, "the mask") if mask else None, backend=backend, verify=verify)
     finally:
         model.close()
@@ -187,22 +198,32 @@ def docs_cmd(check: bool, root: Path) -> None:
 
 @main.command("bench")
 @click.option("--quick", is_flag=True, help="Accuracy/cycles table of the bundled models on MNIST (minutes).")
-@click.option("--suite", type=click.Choice(["quick", "speed", "rtl"]),
-              help="'speed': emulator vs onnxruntime timing; 'rtl': simulated cycles per second of the pynq-z2 core.")
-@click.option("--images", type=int, default=1000, show_default=True, help="Test images per model.")
+@click.option("--suite", type=click.Choice(["quick", "speed", "rtl", "sim-pynq"]),
+              help="'speed': emulator vs onnxruntime timing; 'rtl': simulated cycles per second of the pynq-z2 core; "
+              "'sim-pynq': per-image time of the pynq driver on the simulated board against the emulator.")
+@click.option("--images", type=click.IntRange(min=1),
+              help="Test images per model [default: 1000; 100 for --suite sim-pynq].")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads for the timed runs [default: torch's].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
-def bench_cmd(quick: bool, suite: str | None, images: int, json_out: Path | None) -> None:
-    """Benchmarks: accuracy and cycles per mode (--quick), emulator speed (--suite speed), or RTL simulation
-    speed (--suite rtl)."""
+def bench_cmd(quick: bool, suite: str | None, images: int | None, threads: int | None, json_out: Path | None) -> None:
+    """Benchmarks: accuracy and cycles per mode (--quick), emulator speed (--suite speed), RTL simulation
+    speed (--suite rtl), or the overhead of the pynq driver on the simulated board (--suite sim-pynq)."""
     from dynq import bench
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     suite = suite or "quick"
     if suite == "rtl":
         from dynq.hdl.bench_sim import main as rtl_bench
 
         rtl_bench([])
         return
-    result = bench.speed() if suite == "speed" else bench.quick(images)
+    if suite == "sim-pynq":
+        result = bench.sim_pynq(images or 100)
+    else:
+        result = bench.speed() if suite == "speed" else bench.quick(images or 1000)
     if json_out:
         from dynq.contract.artifacts import write_atomic
 

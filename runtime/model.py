@@ -25,7 +25,7 @@ from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.energy import layer_energy_uj
 
 if TYPE_CHECKING:
-    from dynq.runtime.rtl import RtlDevice
+    from dynq.runtime.core_driver import CoreDriver
 
 CHUNK = 64
 """Images emulated at once; bounds memory (SDP and the lock-step model expand tensors several-fold)."""
@@ -98,7 +98,7 @@ class Model:
         self.registers = build.preset(mode or build.manifest["mode"])
         self.mode = mode or build.manifest["mode"]
         self._host: dict[str, ort.InferenceSession] = {}
-        self._rtl: RtlDevice | None = None
+        self._devices: dict[str, CoreDriver] = {}
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -147,13 +147,13 @@ class Model:
     def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
             registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False,
             backend: str = "emulator", verify: bool = False) -> Result:
-        """Runs a batch on `backend` ("emulator", or "rtl": the Verilator simulation of the generated core,
-        driven through its registers and streams). `mode` picks a preset for this call only; `mask` is the
-        MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads; `trace` keeps every device tensor;
-        `laconic` adds the Laconic term-serial comparison column to the report. `verify` (for a backend other
-        than the emulator) also runs the emulator and raises VerifyError at the first layer whose output
-        tensor or counters differ.
-        Large batches run in chunks of CHUNK images so memory stays bounded."""
+        """Runs a batch on `backend` ("emulator", or a device backend of `dynq.runtime.backends`: "rtl",
+        "sim-pynq", "sim-pynq-rtl", "pynq"; started on first use or by `open_backend`). `mode` picks a preset
+        for this call only; `mask` is the MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads;
+        `trace` keeps every device tensor; `laconic` adds the Laconic term-serial comparison column to the
+        report (emulator only). `verify` (for a backend other than the emulator) also runs the emulator and
+        raises VerifyError at the first layer whose output tensor or counters differ; the report then says
+        "verified": true. Large batches run in chunks of CHUNK images so memory stays bounded."""
         x = self.check_input(x)
         regs = registers or (self.build.preset(mode) if mode else self.registers)
         start = time.perf_counter()
@@ -170,6 +170,7 @@ class Model:
         if verify and backend != "emulator":
             reference = self.run(x, mode, mask, registers, trace=True)
             self._compare(result, reference, backend)
+            result.report.extra["verified"] = True
             if not trace:
                 result.tensors = {}
         return result
@@ -189,26 +190,33 @@ class Model:
                 raise VerifyError(f"{backend} differs from the emulator at layer {layer['index']} "
                                   f"({layer['name']}): {have.cycles} busy cycles, the emulator counts {want.cycles}")
 
-    def _device(self, backend: str) -> Emulator | RtlDevice:
+    def _device(self, backend: str) -> Emulator | CoreDriver:
         if backend == "emulator":
             return self.emulator
-        if backend == "rtl":
-            if self._rtl is None:
-                from dynq.runtime.rtl import RtlDevice
+        return self._devices.get(backend) or self.open_backend(backend)
 
-                self._rtl = RtlDevice(self.build)
-            return self._rtl
-        raise ValueError(f"unknown backend {backend!r}; use 'emulator' or 'rtl'")
+    def open_backend(self, backend: str, device: Any = None, timeout: float | None = None,
+                     overlay: Any = None) -> CoreDriver:
+        """Starts device backend `backend` for this model (closing one of that name already open), which loads
+        the program and the weights onto it; later runs reuse it. Options (`dynq.runtime.backends`): for
+        "sim-pynq" and "sim-pynq-rtl", `device`, the simulated board to drive (e.g.
+        `SimOverlayDevice("pynq-z2", faults=...)`; default: a fresh one of the build's board); for "pynq",
+        `overlay`, the loaded `pynq.Overlay`; for both, `timeout`, the seconds any one wait may take."""
+        from dynq.runtime.backends import open_device
+
+        if backend in self._devices:
+            self._devices.pop(backend).close()
+        self._devices[backend] = open_device(self.build, backend, device, timeout, overlay)
+        return self._devices[backend]
 
     def close(self) -> None:
-        """Stops the RTL simulator process, if one was started."""
-        if self._rtl is not None:
-            self._rtl.close()
-            self._rtl = None
+        """Closes the device backends that were started (simulator processes, DMA buffers)."""
+        while self._devices:
+            self._devices.popitem()[1].close()
 
     def _run_chunk(self, x: np.ndarray, regs: list[PrecisionRegs], mask: torch.Tensor | None,
                    counters: dict[int, dict[str, int]], trace: bool,
-                   device: Emulator | RtlDevice) -> tuple[dict, dict, dict]:
+                   device: Emulator | CoreDriver) -> tuple[dict, dict, dict]:
         arena = self.emulator.new_arena(x.shape[0])
         floats: dict[str, np.ndarray] = {self.build.manifest["input"]["name"]: x}
         tensors = self.build.manifest["tensors"]

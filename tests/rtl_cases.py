@@ -198,3 +198,13 @@ def random_cases(board: Board, count: int, seed: int) -> list[Case]:
     rng = random.Random(seed)
     makers = (eltwise_case, conv_case, gemm_case, conv_case, pool_case)
     return [makers[i % len(makers)](board, rng, i) for i in range(count)]
+
+
+PRECISION_REWRITES: dict[str, tuple[Mode, list[dict]]] = {
+    "drq-threshold": (Mode.DRQ, [dict(threshold=0), dict(threshold=1 << 20)]),  # every region sensitive; none
+    "sdp-k": (Mode.SDP, [dict(g=4, k=8), dict(g=4, k=2)]),  # every part kept; a quarter of them
+    "daq-mask": (Mode.DAQ, [dict(mask=np.full((MASK_GRID, MASK_GRID), 2)),  # every pixel 8-bit; then columns
+                            dict(mask=np.tile([0, 1, 2, 1], (MASK_GRID, MASK_GRID // 4)))]),  # cropped, 4, 8 bits
+}
+"""Two settings of one layer's precision registers per mode, rewritten between two runs of a loaded model:
+far enough apart that the outputs must differ."""

@@ -24,7 +24,7 @@ from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.model import Model, VerifyError
 from dynq.runtime.rtl import RtlDevice, RtlUnsupported
 from dynq.zoo import bundled_model, bundled_samples
-from tests.rtl_cases import ARENA_BYTES, OPS_IN_RTL, Case, case_build, random_cases
+from tests.rtl_cases import ARENA_BYTES, OPS_IN_RTL, PRECISION_REWRITES, Case, case_build, random_cases
 
 BOARD = "pynq-z2"
 AMEM = load_board(BOARD).arch.amem_bytes
@@ -178,12 +178,7 @@ def test_zoo_model_on_rtl_matches_emulator(zoo_builds: dict[str, Path], name: st
     _rtl_agrees(model, images[32:36].astype(np.float32) / 255)
 
 
-@pytest.mark.parametrize("mode, settings", [
-    (Mode.DRQ, [dict(threshold=0), dict(threshold=1 << 20)]),  # every region sensitive; none
-    (Mode.SDP, [dict(g=4, k=8), dict(g=4, k=2)]),  # every part kept; a quarter of them
-    (Mode.DAQ, [dict(mask=np.full((MASK_GRID, MASK_GRID), 2)),  # every pixel 8-bit; then columns of cells
-                dict(mask=np.tile([0, 1, 2, 1], (MASK_GRID, MASK_GRID // 4)))]),  # cropped, 4-bit, 8-bit
-], ids=["drq-threshold", "sdp-k", "daq-mask"])
+@pytest.mark.parametrize("mode, settings", list(PRECISION_REWRITES.values()), ids=list(PRECISION_REWRITES))
 def test_precision_rewrite_between_runs(zoo_builds: dict[str, Path], mode: Mode, settings: list[dict]) -> None:
     """Precision is a register: a new DRQ threshold, SDP K or DAQ region mask, written between two runs of the
     program the core holds, changes outputs and cycles exactly as the emulator says (`verify` compares every
@@ -197,8 +192,8 @@ def test_precision_rewrite_between_runs(zoo_builds: dict[str, Path], mode: Mode,
             model.set_layer(layer, **{k: v for k, v in setting.items() if k != "mask"})
             runs.append(model.run(x, backend="rtl", verify=True, trace=True, mask=setting.get("mask")))
             if len(runs) == 1:
-                device = model._rtl
-        assert model._rtl is device, "one simulator process (one Verilog build, one program load) ran both"
+                device = model._devices["rtl"]
+        assert model._devices["rtl"] is device, "one simulator process (one Verilog build, one program load) ran both"
     finally:
         model.close()
     name = model.layers[layer]["output"]
@@ -310,7 +305,7 @@ def test_verify_names_the_first_differing_layer(eltwise_build: Path, monkeypatch
         damaged[add.dst + 5] ^= 0x01
         restore(arena, image, bytes(damaged))
 
-    monkeypatch.setattr("dynq.runtime.rtl.Arena.restore", corrupt)
+    monkeypatch.setattr("dynq.runtime.emulator.Arena.restore", corrupt)
     x = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)
     try:
         with pytest.raises(VerifyError, match=rf"at layer {add.layer} .*element \[0, 0, 0, 5\]"):

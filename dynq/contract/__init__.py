@@ -5,6 +5,7 @@ defined here, once, as data. The other parts import it and derive what they need
 register offsets, documentation tables); none of them writes a field width or an opcode again.
 """
 
+from dynq.contract.address_map import AddressMap, Segment
 from dynq.contract.isa import FIELDS, INSTR_BYTES, INSTR_WORDS, Field, Instr, Op, decode_program, encode
 from dynq.contract.registers import (
     MASK_GRID,
@@ -22,6 +23,7 @@ CONTRACT_VERSION = 7
 
 __all__ = [
     "CONTRACT_VERSION",
+    "AddressMap",
     "FIELDS",
     "INSTR_BYTES",
     "INSTR_WORDS",
@@ -36,6 +38,7 @@ __all__ = [
     "PrecisionRegs",
     "RegField",
     "Register",
+    "Segment",
     "decode_program",
     "encode",
 ]

@@ -80,6 +80,11 @@ class Register:
     def field(self, name: str) -> RegField:
         return next(f for f in self.fields if f.name == name)
 
+    def mask(self, name: str) -> int:
+        """The bits of field `name` within the register's word, for drivers that test and set them."""
+        f = self.field(name)
+        return ((1 << f.width) - 1) << f.lsb
+
 
 ID_MAGIC = 0x44594E51
 """'DYNQ': the ID register's value, how a driver knows it talks to this core."""
@@ -252,3 +257,12 @@ def pack_mask(mask) -> list[int]:  # noqa: ANN001 - numpy array, kept import-fre
     per_word = 32 // MASK_BITS
     return [sum(v << (MASK_BITS * i) for i, v in enumerate(flat[w * per_word:(w + 1) * per_word]))
             for w in range(MASK_WORDS)]
+
+
+def unpack_mask(words: list[int]) -> list[int]:
+    """The MASK_GRID x MASK_GRID cell values, row-major, held by the MASK_WORDS mask registers: the inverse of
+    `pack_mask`, for a model of the core that reads its mask memory as the hardware does."""
+    if len(words) != MASK_WORDS:
+        raise ValueError(f"the region mask is {MASK_WORDS} words, got {len(words)}")
+    per_word = 32 // MASK_BITS
+    return [(words[w] >> (MASK_BITS * i)) & ((1 << MASK_BITS) - 1) for w in range(MASK_WORDS) for i in range(per_word)]

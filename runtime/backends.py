@@ -1,0 +1,64 @@
+"""The device backends of `Model.run`: where a build's device segments run besides the emulator.
+
+- `rtl`: the Verilator simulation of the generated core, driven through the testbench's register and stream
+  commands.
+- `sim-pynq`: the pynq driver (`pynq.MMIO`, `pynq.allocate`, `pynq.lib.dma.DMA`) on a simulated board: the
+  overlay's register file, AXI DMA and DDR in-process, the core executed by the emulator.
+- `sim-pynq-rtl`: the same driver and simulated board, with the generated core in Verilator behind it.
+- `pynq`: the same driver on a board, over a loaded `pynq.Overlay` of the dynq overlay.
+
+Each is a `CoreDriver`: the same register protocol, one image per start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynq.errors import UsageError
+from dynq.runtime.artifacts import Build
+from dynq.runtime.core_driver import CoreDriver
+
+BACKENDS = ("emulator", "rtl", "sim-pynq", "sim-pynq-rtl", "pynq")
+SIMULATED_BOARDS = ("sim-pynq", "sim-pynq-rtl")
+RTL_TIMEOUT = 120.0
+"""Default seconds per wait with the RTL core behind the pynq driver: the simulation runs ~0.25 M cycles/s."""
+
+
+def open_device(build: Build, backend: str, device: Any = None, timeout: float | None = None,
+                overlay: Any = None) -> CoreDriver:
+    """Starts `backend` for `build`. Options of the pynq backends: `timeout`, the seconds any one wait may
+    take; for the simulated boards, `device`, a board to drive instead of a fresh one of the build's board
+    (e.g. one with `Faults`); for `pynq`, `overlay`, the loaded `pynq.Overlay`."""
+    given = {name for name, value in (("device", device), ("timeout", timeout), ("overlay", overlay))
+             if value is not None}
+    accepted = {"rtl": set(), "sim-pynq": {"device", "timeout"}, "sim-pynq-rtl": {"device", "timeout"},
+                "pynq": {"overlay", "timeout"}}.get(backend)
+    if accepted is None:
+        raise UsageError(f"unknown device backend {backend!r}; use one of {', '.join(BACKENDS[1:])}")
+    if given - accepted:
+        raise UsageError(f"backend {backend!r} takes {', '.join(sorted(accepted)) or 'no options'}, not "
+                         f"{', '.join(sorted(given - accepted))}")
+    if backend == "rtl":
+        from dynq.runtime.rtl import RtlDevice
+
+        return RtlDevice(build)
+    from dynq.runtime.driver import DEFAULT_TIMEOUT, PynqDriver
+
+    if backend == "pynq":
+        if overlay is None:
+            raise UsageError("backend 'pynq' drives a loaded overlay: on the board, call "
+                             "model.open_backend('pynq', overlay=pynq.Overlay('dynq.bit')) first")
+        return PynqDriver.from_overlay(build, overlay, timeout or DEFAULT_TIMEOUT)
+    from dynq.runtime.sim_pynq import RtlOverlayDevice, SimOverlayDevice
+
+    owned = device is None
+    if owned:
+        device = SimOverlayDevice(build.board) if backend == "sim-pynq" else RtlOverlayDevice(build.board)
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT if backend == "sim-pynq" else RTL_TIMEOUT
+    try:
+        return PynqDriver(build, device, device.address_map, timeout, owns_device=owned)
+    except BaseException:
+        if owned:
+            device.close()
+        raise
