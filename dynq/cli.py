@@ -90,21 +90,45 @@ def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, 
         click.echo(f"  host: {p.node} ({p.op}): {p.reason}")
 
 
+class _Backend(click.ParamType):
+    """`dynq run --backend`: one of the fixed names, or remote:HOST[:PORT]."""
+
+    name = "backend"
+    names = ("emulator", "rtl", "sim-pynq", "sim-pynq-rtl")
+    metavar = f"[{'|'.join(names)}|remote:HOST[:PORT]]"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from dynq.errors import UsageError
+        from dynq.runtime.backends import REMOTE
+        from dynq.runtime.remote import parse_target
+
+        if value.startswith(REMOTE):
+            try:
+                parse_target(value.removeprefix(REMOTE))
+            except UsageError as exc:
+                self.fail(str(exc), param, ctx)
+        elif value not in self.names:
+            self.fail(f"{value!r} is none of {', '.join(self.names)}, remote:HOST[:PORT]", param, ctx)
+        return value
+
+
 @main.command("run")
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), required=True,
               help="Input batch, float32 [N,C,H,W] .npy (or the first array of an .npz).")
-@click.option("--backend", type=click.Choice(["emulator", "rtl", "sim-pynq", "sim-pynq-rtl"]), default="emulator",
-              show_default=True,
+@click.option("--backend", type=_Backend(), metavar=_Backend.metavar, default="emulator", show_default=True,
               help="emulator: the bit-exact software model. rtl: the Verilator simulation of the generated core, "
               "driven through its registers and streams (first use builds it, ~30 s; then cached). sim-pynq: the "
               "pynq board driver (MMIO, allocate, AXI DMA) on a simulated board whose core is the emulator. "
-              "sim-pynq-rtl: the same with the Verilator core behind the simulated board.")
+              "sim-pynq-rtl: the same with the Verilator core behind the simulated board. remote:HOST[:PORT]: "
+              "the same driver on pynq's PYNQ.remote client, on a board or on `dynq vboard serve` (port 7967 "
+              "unless given).")
 @click.option("--verify", is_flag=True, help="With a backend other than the emulator: also run the emulator and stop "
               "at the first layer whose output tensor or cycle counters differ.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="With sim-pynq or sim-pynq-rtl: seconds any one wait on the device may take "
-              "[default: 10 for sim-pynq, 120 for sim-pynq-rtl].")
+              help="With sim-pynq, sim-pynq-rtl or remote: seconds any one wait on the device (and any one call "
+              "to a remote board) may take [default: 10; 120 for sim-pynq-rtl; give 120 for a remote board "
+              "whose core is the RTL simulation].")
 @click.option("--board", help="Refuse to run unless the build matches this board's architecture.")
 @click.option("--mode", type=click.Choice(["int8", "drq", "sdp", "daq"]), help="Precision preset to run with.")
 @click.option("--mask", type=click.Path(path_type=Path), help="DAQ region mask, 16x16 .npy of 0/1/2.")
@@ -117,13 +141,14 @@ def run_cmd(build_dir: Path, input_path: Path, backend: str, verify: bool, timeo
     import dynq
     from dynq.contract.artifacts import write_atomic
     from dynq.errors import UsageError
-    from dynq.runtime.backends import SIMULATED_BOARDS
+    from dynq.runtime.backends import REMOTE, SIMULATED_BOARDS
 
     for path in (output, report):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the directory {path.resolve().parent} does not exist; create it first")
-    if timeout is not None and backend not in SIMULATED_BOARDS:
-        raise UsageError(f"--timeout applies to --backend {' or '.join(SIMULATED_BOARDS)}, not {backend}")
+    if timeout is not None and backend not in SIMULATED_BOARDS and not backend.startswith(REMOTE):
+        raise UsageError(f"--timeout applies to --backend {', '.join(SIMULATED_BOARDS)} or {REMOTE}HOST, "
+                         f"not {backend}")
     model = dynq.load(build_dir, board=board, mode=mode)
     x = _load_array(input_path, "the input")
     try:
@@ -228,6 +253,63 @@ def bench_cmd(quick: bool, suite: str | None, images: int | None, threads: int |
         from dynq.contract.artifacts import write_atomic
 
         write_atomic(json_out, json.dumps(result, indent=1).encode())
+
+
+@main.group("vboard")
+def vboard_group() -> None:
+    """A virtual board: a board's dynq overlay, simulated, behind PYNQ.remote's gRPC services."""
+
+
+@vboard_group.command("serve")
+@click.option("--board", "-b", default="pynq-z2", show_default=True, help="Board to model (see `dynq boards`).")
+@click.option("--backend", type=click.Choice(["emulator", "rtl"]), default="emulator", show_default=True,
+              help="The core behind the registers: the bit-exact emulator, or the Verilator simulation of the "
+              "generated core (first use builds it, ~30 s; a small-ResNet image then takes seconds, so give "
+              "clients --timeout 120, as sim-pynq-rtl has by default).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Only loopback addresses unless --allow-remote.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7967, show_default=True,
+              help="TCP port; 7967 is the one pynq's PYNQ_REMOTE_DEVICES probing uses; 0 picks a free one.")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a --host that other machines reach. The services have no authentication: anyone who "
+              "reaches the port can write the board's registers and memory.")
+def vboard_serve_cmd(board: str, backend: str, host: str, port: int, allow_remote: bool) -> None:
+    """Serve a virtual board until Ctrl-C or SIGTERM.
+
+    The board is the dynq overlay of BOARD as the board-free pynq device models it (the core's register
+    file over the emulator or the RTL simulation, the AXI DMA in simple mode, a DDR that is not coherent with
+    the CPU's view), reached through PYNQ.remote's services Mmio, RemoteBuffer, RemoteDevice and Gpio. An
+    unmodified pynq client drives it as it drives a board:
+
+    \b
+      PYNQ_REMOTE_DEVICES=127.0.0.1 python my_pynq_script.py     # pynq.MMIO, allocate, DMA (port 7967)
+      dynq run build/ -i x.npy --backend remote:127.0.0.1:7967 --verify -o y.npy
+
+    The overlay is always loaded (a bitstream a client sends is stored, not loaded); there is no GPIO and
+    no interrupt (pynq's remote client polls).
+    """
+    import signal
+    import threading
+
+    from dynq.runtime.sim_pynq import RtlOverlayDevice, SimOverlayDevice
+    from dynq.runtime.vboard import Server, check_host
+
+    check_host(host, allow_remote)  # before a simulator is built for nothing
+    device = SimOverlayDevice(board) if backend == "emulator" else RtlOverlayDevice(board)
+    try:
+        server = Server(device, host, port, allow_remote)
+    except BaseException:
+        device.close()
+        raise
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"dynq virtual board: {board} overlay, {backend} core, listening on {server.address} "
+               f"(dynq run BUILD --backend remote:{server.address}; Ctrl-C stops it)")
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    click.echo("dynq virtual board: stopped")
 
 
 @main.group("hdl")

@@ -6,6 +6,8 @@
   overlay's register file, AXI DMA and DDR in-process, the core executed by the emulator.
 - `sim-pynq-rtl`: the same driver and simulated board, with the generated core in Verilator behind it.
 - `pynq`: the same driver on a board, over a loaded `pynq.Overlay` of the dynq overlay.
+- `remote:HOST[:PORT]`: the same driver on pynq's PYNQ.remote client, reaching a board's PYNQ.remote server
+  or the virtual board of `dynq vboard serve` (port 7967 unless given).
 
 Each is a `CoreDriver`: the same register protocol, one image per start.
 """
@@ -18,7 +20,8 @@ from dynq.errors import UsageError
 from dynq.runtime.artifacts import Build
 from dynq.runtime.core_driver import CoreDriver
 
-BACKENDS = ("emulator", "rtl", "sim-pynq", "sim-pynq-rtl", "pynq")
+REMOTE = "remote:"
+BACKENDS = ("emulator", "rtl", "sim-pynq", "sim-pynq-rtl", "pynq", f"{REMOTE}HOST[:PORT]")
 SIMULATED_BOARDS = ("sim-pynq", "sim-pynq-rtl")
 RTL_TIMEOUT = 120.0
 """Default seconds per wait with the RTL core behind the pynq driver: the simulation runs ~0.25 M cycles/s."""
@@ -26,13 +29,15 @@ RTL_TIMEOUT = 120.0
 
 def open_device(build: Build, backend: str, device: Any = None, timeout: float | None = None,
                 overlay: Any = None) -> CoreDriver:
-    """Starts `backend` for `build`. Options of the pynq backends: `timeout`, the seconds any one wait may
-    take; for the simulated boards, `device`, a board to drive instead of a fresh one of the build's board
-    (e.g. one with `Faults`); for `pynq`, `overlay`, the loaded `pynq.Overlay`."""
+    """Starts `backend` for `build`. Options of the pynq backends: `timeout`, the seconds any one wait (and,
+    over the network, any one call) may take; for the simulated boards, `device`, a board to drive instead of
+    a fresh one of the build's board (e.g. one with `Faults`); for `pynq`, `overlay`, the loaded
+    `pynq.Overlay`."""
     given = {name for name, value in (("device", device), ("timeout", timeout), ("overlay", overlay))
              if value is not None}
+    kind = REMOTE if backend.startswith(REMOTE) else backend
     accepted = {"rtl": set(), "sim-pynq": {"device", "timeout"}, "sim-pynq-rtl": {"device", "timeout"},
-                "pynq": {"overlay", "timeout"}}.get(backend)
+                "pynq": {"overlay", "timeout"}, REMOTE: {"timeout"}}.get(kind)
     if accepted is None:
         raise UsageError(f"unknown device backend {backend!r}; use one of {', '.join(BACKENDS[1:])}")
     if given - accepted:
@@ -44,6 +49,10 @@ def open_device(build: Build, backend: str, device: Any = None, timeout: float |
         return RtlDevice(build)
     from dynq.runtime.driver import DEFAULT_TIMEOUT, PynqDriver
 
+    if kind == REMOTE:
+        from dynq.runtime.remote import RemoteDriver
+
+        return RemoteDriver(build, backend.removeprefix(REMOTE), timeout or DEFAULT_TIMEOUT)
     if backend == "pynq":
         if overlay is None:
             raise UsageError("backend 'pynq' drives a loaded overlay: on the board, call "

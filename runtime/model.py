@@ -148,12 +148,12 @@ class Model:
             registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False,
             backend: str = "emulator", verify: bool = False) -> Result:
         """Runs a batch on `backend` ("emulator", or a device backend of `dynq.runtime.backends`: "rtl",
-        "sim-pynq", "sim-pynq-rtl", "pynq"; started on first use or by `open_backend`). `mode` picks a preset
-        for this call only; `mask` is the MASK_GRID x MASK_GRID region mask (0/1/2) the DAQ mode reads;
-        `trace` keeps every device tensor; `laconic` adds the Laconic term-serial comparison column to the
-        report (emulator only). `verify` (for a backend other than the emulator) also runs the emulator and
-        raises VerifyError at the first layer whose output tensor or counters differ; the report then says
-        "verified": true. Large batches run in chunks of CHUNK images so memory stays bounded."""
+        "sim-pynq", "sim-pynq-rtl", "pynq", "remote:HOST[:PORT]"; started on first use or by `open_backend`).
+        `mode` picks a preset for this call only; `mask` is the MASK_GRID x MASK_GRID region mask (0/1/2) the
+        DAQ mode reads; `trace` keeps every device tensor; `laconic` adds the Laconic term-serial comparison
+        column to the report (emulator only). `verify` (for a backend other than the emulator) also runs the
+        emulator and raises VerifyError at the first layer whose output tensor or counters differ; the report
+        then says "verified": true. Large batches run in chunks of CHUNK images so memory stays bounded."""
         x = self.check_input(x)
         regs = registers or (self.build.preset(mode) if mode else self.registers)
         start = time.perf_counter()
@@ -201,7 +201,8 @@ class Model:
         the program and the weights onto it; later runs reuse it. Options (`dynq.runtime.backends`): for
         "sim-pynq" and "sim-pynq-rtl", `device`, the simulated board to drive (e.g.
         `SimOverlayDevice("pynq-z2", faults=...)`; default: a fresh one of the build's board); for "pynq",
-        `overlay`, the loaded `pynq.Overlay`; for both, `timeout`, the seconds any one wait may take."""
+        `overlay`, the loaded `pynq.Overlay`; for these and "remote:HOST[:PORT]" (a board or `dynq vboard
+        serve` over PYNQ.remote), `timeout`, the seconds any one wait or network call may take."""
         from dynq.runtime.backends import open_device
 
         if backend in self._devices:

@@ -27,20 +27,29 @@ class DdrModel:
 
     def __init__(self, window: Segment):
         self.window = window
-        self._next = window.base + window.size // 2  # where Linux's CMA pool lives, away from address 0
+        self._pool = window.base + window.size // 2  # where Linux's CMA pool lives, away from address 0
         self._buffers: dict[int, np.ndarray] = {}
         self._bases: list[int] = []
 
     def allocate(self, nbytes: int) -> int:
-        """A page-aligned buffer of `nbytes`; returns its physical address."""
-        base, size = self._next, -(-max(nbytes, 1) // PAGE) * PAGE
+        """A page-aligned buffer of `nbytes` in the first gap that fits (freed space is reused, so a virtual
+        board serving run after run does not run out); returns its physical address."""
+        size = self._pages(nbytes)
+        base = self._pool
+        for used in self._bases:
+            if used - base >= size:
+                break
+            base = max(base, used + self._pages(len(self._buffers[used])))
         if base + size > self.window.base + self.window.size:
             raise DynqError(f"the simulated DDR window {self.window.name} is exhausted ({nbytes} bytes asked); "
                             "free buffers or open fewer drivers")
-        self._next += size
         self._buffers[base] = np.zeros(nbytes, np.uint8)
         bisect.insort(self._bases, base)
         return base
+
+    @staticmethod
+    def _pages(nbytes: int) -> int:
+        return -(-max(nbytes, 1) // PAGE) * PAGE
 
     def free(self, base: int) -> None:
         if self._buffers.pop(base, None) is not None:

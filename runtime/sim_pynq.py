@@ -55,7 +55,9 @@ class SimOverlayDevice(Device):
                          (dma_window.base, dma_window.base + dma_window.size, self.dma))
 
     # ---- MMIO --------------------------------------------------------------------------------------------
-    def _target(self, address: int) -> tuple[Any, int]:
+    def target(self, address: int) -> tuple[Any, int]:
+        """The IP model whose register window holds `address`, and the offset into it; BusError where the
+        overlay has none."""
         for lo, hi, target in self._windows:
             if lo <= address < hi:
                 return target, address - lo
@@ -67,14 +69,14 @@ class SimOverlayDevice(Device):
     def read_registers(self, address: int, length: int) -> bytes:
         words = []
         for at in range(address, address + length, 4):
-            target, offset = self._target(at)
+            target, offset = self.target(at)
             words.append(target.read(offset).to_bytes(4, "little"))
         return b"".join(words)[:length]
 
     def write_registers(self, address: int, data: bytes) -> None:
         data = bytes(data).ljust(-(-len(data) // 4) * 4, b"\0")
         for i in range(0, len(data), 4):
-            target, offset = self._target(address + i)
+            target, offset = self.target(address + i)
             target.write(offset, int.from_bytes(data[i:i + 4], "little"))
         self._pump()
 

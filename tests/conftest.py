@@ -13,6 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+import dynq
+from dynq.zoo import bundled_model, bundled_samples
+
 torch.set_num_threads(2)
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
 
@@ -82,6 +85,25 @@ def ops_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def host_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(1)
     return export(HostNet(), tmp_path_factory.mktemp("host") / "host.onnx", (1, 8, 8))
+
+
+BOARD = "pynq-z2"
+MODELS = ("lenet5", "resnet_small")
+"""The board and the bundled models the pynq driver's tests run (simulated board, virtual board)."""
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """MODELS compiled for BOARD, and LeNet-5 for the zcu104 (another architecture)."""
+    samples, _ = bundled_samples()
+    root = tmp_path_factory.mktemp("pynq")
+    calib = samples[:32].astype(np.float32) / 255
+    out = {name: root / name for name in MODELS}
+    for name in MODELS:
+        dynq.compile(bundled_model(name), BOARD, out[name], calib=calib)
+    dynq.compile(bundled_model("lenet5"), "zcu104", root / "lenet5-zcu104", calib=calib)
+    out["lenet5-zcu104"] = root / "lenet5-zcu104"
+    return out
 
 
 def images(n: int, shape: tuple[int, ...], seed: int = 0, signed: bool = False) -> np.ndarray:

@@ -27,24 +27,9 @@ from dynq.runtime.driver import DmaError
 from dynq.runtime.model import Model, Result, VerifyError
 from dynq.runtime.sim_faults import Faults
 from dynq.runtime.sim_pynq import BusError, RtlOverlayDevice, SimOverlayDevice
-from dynq.zoo import bundled_model, bundled_samples
+from dynq.zoo import bundled_samples
+from tests.conftest import BOARD, MODELS
 from tests.rtl_cases import PRECISION_REWRITES
-
-BOARD = "pynq-z2"
-MODELS = ("lenet5", "resnet_small")
-
-
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    images, _ = bundled_samples()
-    root = tmp_path_factory.mktemp("pynq")
-    calib = images[:32].astype(np.float32) / 255
-    out = {name: root / name for name in MODELS}
-    for name in MODELS:
-        dynq.compile(bundled_model(name), BOARD, out[name], calib=calib)
-    dynq.compile(bundled_model("lenet5"), "zcu104", root / "lenet5-zcu104", calib=calib)
-    out["lenet5-zcu104"] = root / "lenet5-zcu104"
-    return out
 
 
 def digits(first: int, count: int) -> np.ndarray:
@@ -63,6 +48,14 @@ def assert_same_run(got: Result, want: Result) -> None:
     for have, expected in zip(got.report.layers, want.report.layers, strict=True):
         assert asdict(have) == asdict(expected)
     assert got.report.total_cycles == want.report.total_cycles > 0
+
+
+def assert_same_rtl_run(got: Result, want: Result) -> None:
+    """Outputs, and every layer's counters that the RTL core implements."""
+    np.testing.assert_array_equal(got.output, want.output)
+    for have, expected in zip(got.report.layers, want.report.layers, strict=True):
+        for field in ("cycles", "compute_cycles", "stall_cycles", "mac_steps", "sensitive_share"):
+            assert getattr(have, field) == getattr(expected, field), (have.name, field)
 
 
 def arena_bytes(model: Model) -> int:
@@ -128,20 +121,26 @@ def test_core_error_code_names_the_layer(builds: dict[str, Path]) -> None:
     assert f"layer {gemm['index']} ({gemm['name']})" in str(simulated.value)
 
 
+def cli_run_verified(build: Path, x: np.ndarray, backend: str, tmp_path: Path, *options: str) -> None:
+    """`dynq run --backend BACKEND --verify` against `dynq run` on the emulator: the same outputs, the
+    emulator's report schema and layers plus the backend and the verification result."""
+    np.save(tmp_path / "x.npy", x)
+    runs = {"emulator": ["--backend", "emulator"], "device": ["--backend", backend, "--verify", *options]}
+    for name, args in runs.items():
+        result = CliRunner().invoke(main, ["run", str(build), "-i", str(tmp_path / "x.npy"), *args, "-o",
+                                           str(tmp_path / f"{name}.npy"), "--report", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "device.npy"), np.load(tmp_path / "emulator.npy"))
+    emulated, device = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("emulator", "device"))
+    assert set(device) == set(emulated) | {"verified"} and device["verified"] is True
+    assert (device["backend"], emulated["backend"]) == (backend, "emulator")
+    assert device["layers"] == emulated["layers"] and device["total_cycles"] == emulated["total_cycles"]
+
+
 def test_cli_sim_pynq_verify_report(builds: dict[str, Path], tmp_path: Path) -> None:
     """`dynq run --backend sim-pynq --verify`: the emulator's outputs, the emulator's report schema plus the
-    verification result."""
-    np.save(tmp_path / "x.npy", digits(10, 3))
-    for backend, extra in (("emulator", []), ("sim-pynq", ["--verify"])):
-        result = CliRunner().invoke(main, ["run", str(builds["resnet_small"]), "-i", str(tmp_path / "x.npy"),
-                                           "--backend", backend, *extra, "-o", str(tmp_path / f"{backend}.npy"),
-                                           "--report", str(tmp_path / f"{backend}.json")])
-        assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(np.load(tmp_path / "sim-pynq.npy"), np.load(tmp_path / "emulator.npy"))
-    emulated, simulated = (json.loads((tmp_path / f"{b}.json").read_text()) for b in ("emulator", "sim-pynq"))
-    assert set(simulated) == set(emulated) | {"verified"} and simulated["verified"] is True
-    assert (simulated["backend"], emulated["backend"]) == ("sim-pynq", "emulator")
-    assert simulated["layers"] == emulated["layers"]
+    verification result; --timeout only where there is a device to wait on."""
+    cli_run_verified(builds["resnet_small"], digits(10, 3), "sim-pynq", tmp_path)
     wrong = CliRunner().invoke(main, ["run", str(builds["resnet_small"]), "-i", str(tmp_path / "x.npy"),
                                       "--timeout", "1", "-o", str(tmp_path / "t.npy")])
     assert wrong.exit_code == 1 and "--timeout applies to" in wrong.output
@@ -337,11 +336,7 @@ def test_rtl_core_behind_the_simulated_board(builds: dict[str, Path], name: str)
     finally:
         model.close()
     assert isinstance(rtl.device, RtlOverlayDevice) and got.report.extra["verified"] is True
-    want = model.run(x, trace=True)
-    np.testing.assert_array_equal(got.output, want.output)
-    for have, expected in zip(got.report.layers, want.report.layers, strict=True):
-        for field in ("cycles", "compute_cycles", "stall_cycles", "mac_steps", "sensitive_share"):
-            assert getattr(have, field) == getattr(expected, field), (have.name, field)
+    assert_same_rtl_run(got, model.run(x))
     assert cycles[0] == cycles[1] > model.run(x[:1]).report.total_cycles
 
 

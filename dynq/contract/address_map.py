@@ -39,6 +39,9 @@ class Segment:
 class AddressMap:
     ps: str
     """The board file's `ps`: the Vivado processing-system IP."""
+    cpu: str
+    """The PS's application processor as Linux names it (`uname -m`): what a PYNQ.remote client learns of a
+    board it reaches over the network, and so how it picks the map."""
     master: str
     """The PS's general-purpose AXI master port that carries the register accesses."""
     core: Segment
@@ -73,12 +76,12 @@ simple mode, both channels, streams as wide as the core's 32-bit beats, no reali
 
 MAPS: dict[str, AddressMap] = {
     "ps7": AddressMap(
-        ps="ps7", master="M_AXI_GP0",
+        ps="ps7", cpu="armv7l", master="M_AXI_GP0",
         core=Segment(CORE_INSTANCE, 0x43C0_0000, ADDRESS_SPACE),
         dma=Segment(DMA_INSTANCE, 0x4040_0000, DMA_RANGE),
         ddr=Segment("S_AXI_HP0", 0x0000_0000, 0x2000_0000)),
     "zynq_ultra_ps_e": AddressMap(
-        ps="zynq_ultra_ps_e", master="M_AXI_HPM0_FPD",
+        ps="zynq_ultra_ps_e", cpu="aarch64", master="M_AXI_HPM0_FPD",
         core=Segment(CORE_INSTANCE, 0xA000_0000, ADDRESS_SPACE),
         dma=Segment(DMA_INSTANCE, 0xA001_0000, DMA_RANGE),
         ddr=Segment("S_AXI_HP0_FPD", 0x0000_0000, 0x8000_0000)),
@@ -94,3 +97,13 @@ def for_board(board: Board) -> AddressMap:
     except KeyError:
         raise AddressMapError(f"board {board.name}: no overlay address map for the processing system "
                               f"{board.ps!r}; known: {', '.join(MAPS)}") from None
+
+
+def for_cpu(cpu: str) -> AddressMap:
+    """The address map of the overlay on a board whose processor is `cpu` (`uname -m`, as pynq's remote
+    client reports it)."""
+    for address_map in MAPS.values():
+        if address_map.cpu == cpu:
+            return address_map
+    raise AddressMapError(f"no overlay address map for a board with a {cpu!r} processor; known: "
+                          f"{', '.join(m.cpu for m in MAPS.values())}")
