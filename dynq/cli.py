@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,20 +48,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def _load_array(path: Path, what: str) -> np.ndarray:
-    from dynq.errors import UsageError
-
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read {what} as .npy/.npz ({exc})") from exc
-    if isinstance(data, np.lib.npyio.NpzFile):
-        if not data.files:
-            raise UsageError(f"{path}: the .npz holds no arrays")
-        data = data[data.files[0]]
-    return data
-
-
 @main.command("compile")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--board", "-b", default="pynq-z2", show_default=True, help="Target board (see `dynq boards`).")
@@ -76,11 +64,13 @@ def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, 
     """Compile MODEL (fp32 ONNX + --calib, or a QDQ ONNX) into program.bin, weights.bin and manifest.json."""
     from dynq.compiler import policy as pol
     from dynq.compiler.build import compile_model
+    from dynq.inputs import load_array
 
     policy_data = pol.load_policy(policy)
     if overrides:
         policy_data.setdefault("layers", {}).update(pol.parse_set(list(overrides)))
-    calib_data = _load_array(calib, "calibration data") if calib else None
+    calib_data = load_array(calib, "calibration data", naming="save the calibration images alone in a .npy") \
+        if calib else None
     result = compile_model(model, board, out_dir, calib_data, mode, policy_data, calib_method)
     host = [p for p in result.placements if p.where == "host"]
     device = [p for p in result.placements if p.where == "device"]
@@ -94,7 +84,7 @@ class _Backend(click.ParamType):
     """`dynq run --backend`: one of the fixed names, or remote:HOST[:PORT]."""
 
     name = "backend"
-    names = ("emulator", "rtl", "sim-pynq", "sim-pynq-rtl")
+    names = ("emulator", "rtl", "sim-pynq", "sim-pynq-rtl", "pynq")
     metavar = f"[{'|'.join(names)}|remote:HOST[:PORT]]"
 
     def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
@@ -112,62 +102,173 @@ class _Backend(click.ParamType):
         return value
 
 
+def _pair(value: str | None, what: str) -> tuple[float, float] | None:
+    """'A,B' -> (A, B) for --mask-fraction and --mask-threshold."""
+    if value is None:
+        return None
+    from dynq.errors import UsageError
+
+    try:
+        a, b = (float(v) for v in value.split(","))
+    except ValueError:
+        raise UsageError(f"{what} {value!r}: give two numbers, 8-bit then 4-bit, e.g. 0.5,0.25") from None
+    return a, b
+
+
+def _mask_spec(mask: str | None, fraction: str | None, threshold: str | None) -> object:
+    """--mask NAME|FILE with --mask-fraction / --mask-threshold -> what `Model.run(mask=...)` takes."""
+    from dynq.errors import UsageError
+    from dynq.inputs import load_array
+    from dynq.runtime.importance import DEFAULT_FRACTIONS, IMPORTANCE, ImportanceMask
+
+    if mask is None or mask not in IMPORTANCE:
+        if fraction is not None or threshold is not None:
+            raise UsageError("--mask-fraction and --mask-threshold apply to computed masks: --mask "
+                             f"{'|'.join(IMPORTANCE)}")
+        if mask is None:
+            return None
+        if not Path(mask).is_file():
+            raise UsageError(f"--mask {mask}: no such file, and not an importance ({', '.join(IMPORTANCE)}); give "
+                             "one of those or a .npy of 16x16 levels 0/1/2")
+        return load_array(Path(mask), "the mask", naming="save the mask alone in a .npy")
+    if fraction is not None and threshold is not None:
+        raise UsageError("give --mask-fraction or --mask-threshold, not both")
+    return ImportanceMask(mask, _pair(fraction, "--mask-fraction") or DEFAULT_FRACTIONS,
+                          _pair(threshold, "--mask-threshold"))
+
+
 @main.command("run")
 @click.argument("build_dir", type=click.Path(path_type=Path))
-@click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), required=True,
-              help="Input batch, float32 [N,C,H,W] .npy (or the first array of an .npz).")
+@click.option("--input", "-i", "source", required=True, metavar="PATH",
+              help="Inputs: float32 [N,C,H,W] .npy or .npz (its one array, or --array NAME), or images (a PNG/JPEG "
+              "file, a directory of them, or a quoted glob such as 'digits/*.png'), converted to the model's "
+              "input: grey or RGB, resized to its H x W, pixel/255.")
+@click.option("--array", help="The array of an .npz input holding several.")
 @click.option("--backend", type=_Backend(), metavar=_Backend.metavar, default="emulator", show_default=True,
               help="emulator: the bit-exact software model. rtl: the Verilator simulation of the generated core, "
               "driven through its registers and streams (first use builds it, ~30 s; then cached). sim-pynq: the "
               "pynq board driver (MMIO, allocate, AXI DMA) on a simulated board whose core is the emulator. "
-              "sim-pynq-rtl: the same with the Verilator core behind the simulated board. remote:HOST[:PORT]: "
-              "the same driver on pynq's PYNQ.remote client, on a board or on `dynq vboard serve` (port 7967 "
-              "unless given).")
+              "sim-pynq-rtl: the same with the Verilator core behind the simulated board. pynq: the same driver "
+              "on this board, with the overlay of --overlay. remote:HOST[:PORT]: the same driver on pynq's "
+              "PYNQ.remote client, on a board or on `dynq vboard serve` (port 7967 unless given).")
+@click.option("--overlay", type=click.Path(path_type=Path), metavar="FILE.bit",
+              help="With --backend pynq: the dynq overlay's bitstream, its .hwh beside it (pynq.Overlay loads it).")
 @click.option("--verify", is_flag=True, help="With a backend other than the emulator: also run the emulator and stop "
               "at the first layer whose output tensor or cycle counters differ.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="With sim-pynq, sim-pynq-rtl or remote: seconds any one wait on the device (and any one call "
-              "to a remote board) may take [default: 10; 120 for sim-pynq-rtl; give 120 for a remote board "
+              help="With sim-pynq, sim-pynq-rtl, pynq or remote: seconds any one wait on the device (and any one "
+              "call to a remote board) may take [default: 10; 120 for sim-pynq-rtl; give 120 for a remote board "
               "whose core is the RTL simulation].")
 @click.option("--board", help="Refuse to run unless the build matches this board's architecture.")
 @click.option("--mode", type=click.Choice(["int8", "drq", "sdp", "daq"]), help="Precision preset to run with.")
-@click.option("--mask", type=click.Path(path_type=Path), help="DAQ region mask, 16x16 .npy of 0/1/2.")
+@click.option("--mask", metavar="entropy|gradient|keypoints|FILE.npy",
+              help="Region mask of the DAQ layers: computed from each input image by local entropy, gradient "
+              "magnitude or keypoint density, or a .npy of 16x16 levels (0 cropped, 1 4-bit, 2 8-bit; or "
+              "[N,16,16], one per image).")
+@click.option("--mask-fraction", metavar="F8,F4",
+              help="With a computed mask: the share of cells at 8 bits and at 4 bits, the rest cropped "
+              "[default: 0.5,0.25].")
+@click.option("--mask-threshold", metavar="T8,T4",
+              help="With a computed mask, instead of fractions: cells scoring at least T8 get 8 bits, at least "
+              "T4 4 bits, the rest are cropped (scores: entropy in bits, gradient per pixel, corners per pixel).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per batch (the progress bar counts batches; memory grows with it).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Output .npy.")
 @click.option("--raw", is_flag=True, help="Write the integer output tensor instead of dequantized float32.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the per-layer JSON report here.")
-def run_cmd(build_dir: Path, input_path: Path, backend: str, verify: bool, timeout: float | None, board: str | None,
-            mode: str | None, mask: Path | None, output: Path, raw: bool, report: Path | None) -> None:
-    """Run a compiled build on a batch of inputs."""
+def run_cmd(build_dir: Path, source: str, array: str | None, backend: str, overlay: Path | None, verify: bool,
+            timeout: float | None, board: str | None, mode: str | None, mask: str | None, mask_fraction: str | None,
+            mask_threshold: str | None, batch_size: int, quiet: bool, output: Path, raw: bool,
+            report: Path | None) -> None:
+    """Run a compiled build on a batch of inputs; write the outputs (.npy) and a JSON report."""
     import dynq
+    from dynq.contract import Mode
     from dynq.contract.artifacts import write_atomic
     from dynq.errors import UsageError
+    from dynq.inputs import load_batch
     from dynq.runtime.backends import REMOTE, SIMULATED_BOARDS
 
     for path in (output, report):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the directory {path.resolve().parent} does not exist; create it first")
-    if timeout is not None and backend not in SIMULATED_BOARDS and not backend.startswith(REMOTE):
-        raise UsageError(f"--timeout applies to --backend {', '.join(SIMULATED_BOARDS)} or {REMOTE}HOST, "
+    if timeout is not None and backend not in (*SIMULATED_BOARDS, "pynq") and not backend.startswith(REMOTE):
+        raise UsageError(f"--timeout applies to --backend {', '.join(SIMULATED_BOARDS)}, pynq or {REMOTE}HOST, "
                          f"not {backend}")
+    if (backend == "pynq") != (overlay is not None):
+        raise UsageError("--backend pynq runs on the board with the overlay of --overlay FILE.bit; --overlay "
+                         "applies to --backend pynq only")
+    region_mask = _mask_spec(mask, mask_fraction, mask_threshold)
     model = dynq.load(build_dir, board=board, mode=mode)
-    x = _load_array(input_path, "the input")
+    if region_mask is not None and not any(r.mode == Mode.DAQ for r in model.registers):
+        raise UsageError(f"--mask applies to layers in DAQ mode; the {model.mode} preset runs none: add --mode daq")
+    x, files = load_batch(source, tuple(model.build.manifest["input"]["shape"]), array)
     try:
-        if timeout is not None:
+        if overlay is not None:
+            model.open_backend(backend, overlay=_load_overlay(overlay), timeout=timeout)
+        elif timeout is not None:
             model.open_backend(backend, timeout=timeout)
-        result = model.run(x, mask=_load_array(mask, "the mask") if mask else None, backend=backend, verify=verify)
+        with _progress(quiet, model.check_input(x).shape[0], batch_size) as advance:
+            result = model.run(x, mask=region_mask, backend=backend, verify=verify, batch_size=batch_size,
+                               progress=advance)
     finally:
         model.close()
     name = next(iter(result.outputs))
-    array = result.raw[name] if raw else result.outputs[name]
     if raw and name not in result.raw:
         raise UsageError(f"output {name!r} is computed on the host; --raw applies to overlay outputs only")
-    write_atomic(output, _npy_bytes(array))
+    array_out = result.raw[name] if raw else result.outputs[name]
+    checked = bool(result.report.extra.get("verified"))
+    summary = {**result.report.to_json(), "verified": checked, **({"inputs": files} if files else {})}
+    write_atomic(output, _npy_bytes(array_out))
     if report:
-        write_atomic(report, json.dumps(result.report.to_json(), indent=1).encode())
+        write_atomic(report, json.dumps(summary, indent=1).encode())
     r = result.report
-    checked = ", every layer equal to the emulator" if verify and backend != "emulator" else ""
     click.echo(f"ran {x.shape[0]} input(s) on the {r.backend} ({r.mode}): {r.total_cycles} cycles, "
-               f"{r.energy_uj:.1f} uJ estimated{checked} -> {output}")
+               f"{r.energy_uj:.1f} uJ estimated{', every layer equal to the emulator' if checked else ''} -> {output}")
+
+
+def _load_overlay(bitstream: Path) -> object:
+    """`pynq.Overlay` of the dynq bitstream, on the board; any failure becomes one line that says what to check."""
+    from dynq.errors import DynqError, UsageError
+
+    if not bitstream.is_file():
+        raise UsageError(f"{bitstream}: no such file; give the dynq overlay's .bit (its .hwh beside it)")
+    import warnings
+
+    import pynq
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            overlay = pynq.Overlay(str(bitstream))
+        except Exception as exc:  # pynq raises many kinds here; the user needs one line
+            notes = "".join(f"; {w.message}" for w in said)
+            raise DynqError(f"{bitstream}: pynq could not load the overlay ({type(exc).__name__}: {exc}{notes}); "
+                            "run on the board as root, with the .hwh of the same build beside the .bit") from exc
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return overlay
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, images: int, batch_size: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the batches on stderr, shown only on a terminal and without --quiet; yields the
+    callback `Model.run` calls with the images of each batch done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    batches = -(-images // batch_size)
+    done = [0]
+    with Progress(TextColumn("batches"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=quiet or not console.is_terminal) as bar:
+        task = bar.add_task("run", total=batches)
+
+        def advance(count: int) -> None:
+            done[0] += count
+            bar.update(task, completed=-(-done[0] // batch_size))
+
+        yield advance
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

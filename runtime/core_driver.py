@@ -186,24 +186,33 @@ class CoreDriver(ABC):
         return f"layer {layer}{named}, instruction {pc}"
 
     # ---- device segments ---------------------------------------------------------------------------------
-    def write_registers(self, layers: set[int], regs: list[PrecisionRegs], mask: torch.Tensor | None) -> None:
+    def write_registers(self, layers: set[int], regs: list[PrecisionRegs]) -> None:
         for layer in sorted(layers):
             for name, value in regs[layer].to_words().items():
                 self.write(rg.precision_offset(layer, name), value)
-        if mask is not None:
-            for i, value in enumerate(rg.pack_mask(mask.numpy())):
-                self.write(rg.MASK_BASE + 4 * i, value)
+
+    def write_mask(self, mask: torch.Tensor) -> None:
+        """The region-mask memory: one MASK_GRID x MASK_GRID mask, which every DAQ layer of a start reads."""
+        for i, value in enumerate(rg.pack_mask(mask.numpy())):
+            self.write(rg.MASK_BASE + 4 * i, value)
 
     def read_counters(self, layer: int) -> dict[str, int]:
         return {name: self.read(rg.counter_offset(layer, name)) for name in rg.COUNTERS}
 
     def run_segment(self, arena: Arena, first: int, count: int, regs: list[PrecisionRegs],
                     mask: torch.Tensor | None, counters: dict[int, dict[str, int]]) -> None:
-        """Same contract as `Emulator.run_segment`: one image of the batch after the other."""
+        """Same contract as `Emulator.run_segment`: one image of the batch after the other. The core has one
+        mask memory, so with one mask per image ([N, MASK_GRID, MASK_GRID]) the mask is rewritten before
+        each image whose mask differs from the previous image's."""
         layers = self._segment_layers(first, count)
         self._check_segment(first, count, regs, mask)
-        self.write_registers(layers, regs, mask)
+        self.write_registers(layers, regs)
+        written = None
         for image in range(arena.batch):
+            cells = mask if mask is None or mask.dim() == 2 else mask[image]
+            if cells is not None and (written is None or not torch.equal(cells, written)):
+                self.write_mask(cells)
+                written = cells
             self.load(Memory.ARENA, 0, arena.snapshot(image))
             self.run(first, count)
             arena.restore(image, self.store(Memory.ARENA, 0, arena.nbytes))

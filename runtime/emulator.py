@@ -7,6 +7,7 @@ tensors of exact integers; convolutions go through `ExactConv`, which proves exa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from dynq.contract import ErrorCode, Instr, Op, PrecisionRegs, layout, timing
 from dynq.contract import numerics as nx
-from dynq.contract.precision import check_geometry, check_window, conv_cost
+from dynq.contract.precision import ConvPlan, check_geometry, check_window, conv_cost, conv_plan
 from dynq.contract.registers import DeviceError
 from dynq.runtime import laconic
 from dynq.runtime.artifacts import Build
@@ -50,18 +51,22 @@ class Arena:
     def _flush(self, lo: int, hi: int) -> None:
         for off, (size, signed, t) in list(self.cache.items()):
             if off < hi and lo < off + size:
-                dtype = torch.int8 if signed else torch.uint8
-                self.bytes[:, off:off + size] = t.reshape(self.batch, size).to(dtype).view(torch.uint8)
+                target = self.bytes[:, off:off + size]
+                (target.view(torch.int8) if signed else target).copy_(t.reshape(self.batch, size))
                 del self.cache[off]
+
+    def flush(self) -> None:
+        """Every cached tensor written back into the bytes (exact integers in range: the cast is exact)."""
+        self._flush(0, self.nbytes)
 
     def snapshot(self, image: int) -> bytes:
         """One image's arena bytes, every cached tensor written back: what a device's arena holds."""
-        self._flush(0, self.nbytes)
+        self.flush()
         return self.bytes[image].numpy().tobytes()
 
     def restore(self, image: int, data: bytes) -> None:
         """Replaces one image's arena bytes with what a device's arena holds after a run."""
-        self._flush(0, self.nbytes)
+        self.flush()
         self.bytes[image] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def write(self, offset: int, t: torch.Tensor, signed: bool, pc: int) -> None:
@@ -71,7 +76,7 @@ class Arena:
         self.cache[offset] = (size, signed, t)
 
     def read(self, offset: int, shape: tuple[int, ...], signed: bool, pc: int) -> torch.Tensor:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         self._check(offset, size, pc)
         hit = self.cache.get(offset)
         if hit is not None and hit[0] == size and hit[1] == signed:
@@ -97,6 +102,9 @@ class Emulator:
         self.rows = int(build.manifest["arch"]["rows"])
         self.cols = int(build.manifest["arch"]["cols"])
         self._consts: dict[int, _ConvConsts] = {}
+        self._plans: dict[tuple[int, PrecisionRegs], ConvPlan] = {}
+        """`conv_plan` per instruction and registers: the checks and geometry that depend on no data, made
+        once instead of on every image of a one-image-per-start device."""
         self.model_laconic = False
         """Also report `laconic_cycles`: the same layers on a Laconic term-serial array (a comparison)."""
 
@@ -150,8 +158,12 @@ class Emulator:
 
     def _conv(self, arena: Arena, ins: Instr, pc: int, regs: list[PrecisionRegs],
               mask: torch.Tensor | None) -> dict[str, int]:
-        x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)
-        xq, counters, geom = conv_cost(x, regs[ins.layer], ins, self.rows, self.cols, mask, pc)
+        x = arena.read(ins.src0, (ins.cin, ins.ih, ins.iw), bool(ins.s0_signed), pc)  # range errors first, as the core
+        reg = regs[ins.layer]
+        plan = self._plans.get((pc, reg))
+        if plan is None:
+            plan = self._plans[pc, reg] = conv_plan(reg, ins, self.rows, self.cols, pc)
+        xq, counters, geom = conv_cost(x, reg, ins, self.rows, self.cols, mask, pc, plan)
         consts = self._conv_consts(ins, pc)
         if ins.pt == ins.pb and ins.pl == ins.pr:
             padding = (ins.pt, ins.pl)

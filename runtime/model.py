@@ -8,6 +8,7 @@ counters the overlay's registers hold.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,19 @@ from dynq.errors import DynqError
 from dynq.runtime.artifacts import Build, open_build
 from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.energy import layer_energy_uj
+from dynq.runtime.importance import Importance, ImportanceMask
 
 if TYPE_CHECKING:
     from dynq.runtime.core_driver import CoreDriver
 
 CHUNK = 64
 """Images emulated at once; bounds memory (SDP and the lock-step model expand tensors several-fold)."""
+
+MaskSpec = np.ndarray | str | Importance | ImportanceMask | None
+"""A DAQ region mask: an array of levels ([MASK_GRID, MASK_GRID] for every image, or [N, MASK_GRID,
+MASK_GRID], one per image), the name of an importance function ("entropy", "gradient", "keypoints"), an
+importance callable (image [C, H, W] -> [H, W]), or an `ImportanceMask` rule; the last three are computed
+from each image of the batch."""
 
 
 class InputError(DynqError, ValueError):
@@ -72,7 +80,9 @@ class Report:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), **self.extra}
+        """The fields and the `extra` entries, side by side."""
+        data = asdict(self)
+        return {**data, **data.pop("extra")}
 
 
 @dataclass
@@ -82,6 +92,8 @@ class Result:
     report: Report
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     """With `trace=True`: every device tensor (integers, [N, C, H, W]) as the arena holds it at the end."""
+    masks: np.ndarray | None = None
+    """The DAQ region masks the run used ([MASK_GRID, MASK_GRID] or one per image), None without DAQ layers."""
 
     @property
     def output(self) -> np.ndarray:
@@ -97,6 +109,8 @@ class Model:
         self.emulator = Emulator(build)
         self.registers = build.preset(mode or build.manifest["mode"])
         self.mode = mode or build.manifest["mode"]
+        self.mask: MaskSpec = None
+        """The persistent region mask (`set_mask`): used by every run that passes no `mask`."""
         self._host: dict[str, ort.InferenceSession] = {}
         self._devices: dict[str, CoreDriver] = {}
 
@@ -117,6 +131,14 @@ class Model:
         new = PrecisionRegs(**{**asdict(regs), **changes})
         new.validate()
         self.registers = [*self.registers[:index], new, *self.registers[index + 1:]]
+
+    def set_mask(self, mask: MaskSpec) -> None:
+        """Keeps `mask` (see `MaskSpec`) for every later run that passes none, until set again; None clears it.
+        A mask is register contents, not part of the build: changing it never recompiles. An importance rule
+        is computed afresh from each image of every run."""
+        if mask is not None and _mask_rule(mask) is None:
+            mask = _check_masks(np.asarray(mask))
+        self.mask = mask
 
     def _layer_index(self, layer: int | str) -> int:
         if isinstance(layer, int):
@@ -144,51 +166,79 @@ class Model:
             raise InputError("input contains NaN or infinite values")
         return x
 
-    def run(self, x: np.ndarray, mode: str | None = None, mask: np.ndarray | None = None,
+    def run(self, x: np.ndarray, mode: str | None = None, mask: MaskSpec = None,
             registers: list[PrecisionRegs] | None = None, trace: bool = False, laconic: bool = False,
-            backend: str = "emulator", verify: bool = False) -> Result:
+            backend: str = "emulator", verify: bool = False, batch_size: int = CHUNK,
+            progress: Callable[[int], None] | None = None) -> Result:
         """Runs a batch on `backend` ("emulator", or a device backend of `dynq.runtime.backends`: "rtl",
         "sim-pynq", "sim-pynq-rtl", "pynq", "remote:HOST[:PORT]"; started on first use or by `open_backend`).
-        `mode` picks a preset for this call only; `mask` is the MASK_GRID x MASK_GRID region mask (0/1/2) the
-        DAQ mode reads; `trace` keeps every device tensor; `laconic` adds the Laconic term-serial comparison
-        column to the report (emulator only). `verify` (for a backend other than the emulator) also runs the
-        emulator and raises VerifyError at the first layer whose output tensor or counters differ; the report
-        then says "verified": true. Large batches run in chunks of CHUNK images so memory stays bounded."""
+        `mode` picks a preset for this call only; `mask` is the region mask the DAQ layers read (`MaskSpec`;
+        default: the one of `set_mask`); `trace` keeps every device tensor; `laconic` adds the Laconic
+        term-serial comparison column to the report (emulator only). `verify` (for a backend other than the
+        emulator) also runs the emulator on every batch and raises VerifyError at the first layer whose output
+        tensor or counters differ; the report then says "verified": true. The images run in batches of
+        `batch_size` (memory stays bounded); `progress` is called with the number of images after each."""
         x = self.check_input(x)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         regs = registers or (self.build.preset(mode) if mode else self.registers)
         start = time.perf_counter()
-        mask_t = None if mask is None else _mask_tensor(mask)
+        masks, rule = self._region_masks(self.mask if mask is None else mask, x, regs)
+        mask_t = None if masks is None else torch.from_numpy(masks.astype(np.int64))
         counters: dict[int, dict[str, int]] = {}
         self.emulator.model_laconic = laconic
         device = self._device(backend)
-        keep = trace or (verify and backend != "emulator")
-        parts = [self._run_chunk(x[i:i + CHUNK], regs, mask_t, counters, keep, device)
-                 for i in range(0, len(x), CHUNK)]
+        checking = verify and backend != "emulator"
+        parts = []
+        for first in range(0, len(x), batch_size):
+            chunk = x[first:first + batch_size]
+            chunk_mask = mask_t if mask_t is None or mask_t.dim() == 2 else mask_t[first:first + batch_size]
+            part, part_counters = self._run_chunk(chunk, regs, chunk_mask, trace or checking, device)
+            if checking:
+                want, want_counters = self._run_chunk(chunk, regs, chunk_mask, True, self.emulator)
+                self._compare(part[2], part_counters, want[2], want_counters, backend, first)
+            for layer, values in part_counters.items():
+                total = counters.setdefault(layer, {})
+                for key, value in values.items():
+                    total[key] = total.get(key, 0) + value
+            parts.append(part if trace else (part[0], part[1], {}))
+            if progress is not None:
+                progress(len(chunk))
         outputs, raw, traced = ({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]} for j in range(3))
         report = self._report(counters, regs, x.shape[0], time.perf_counter() - start, backend)
-        result = Result(outputs, raw, report, traced)
-        if verify and backend != "emulator":
-            reference = self.run(x, mode, mask, registers, trace=True)
-            self._compare(result, reference, backend)
-            result.report.extra["verified"] = True
-            if not trace:
-                result.tensors = {}
-        return result
+        if masks is not None:
+            report.extra["mask"] = _describe_masks(masks, rule)
+        if checking:
+            report.extra["verified"] = True
+        return Result(outputs, raw, report, traced, masks)
 
-    def _compare(self, result: Result, reference: Result, backend: str) -> None:
-        """Layer by layer (the arena never reuses a tensor's bytes, so final contents are each layer's output)."""
-        for layer, want in zip(self.layers, reference.report.layers, strict=True):
+    def _region_masks(self, spec: MaskSpec, x: np.ndarray,
+                      regs: list[PrecisionRegs]) -> tuple[np.ndarray | None, ImportanceMask | None]:
+        """(the masks the DAQ layers read, the rule that computed them): an array checked as given, a rule
+        applied to every image; (None, None) when no layer runs in DAQ (nothing reads the mask)."""
+        rule = _mask_rule(spec)
+        given = None if spec is None or rule is not None else _check_masks(np.asarray(spec), len(x))
+        if not any(r.mode == Mode.DAQ for r in regs):
+            return None, None
+        return (rule(x) if rule is not None else given), rule
+
+    def _compare(self, got: dict[str, np.ndarray], got_counters: dict[int, dict[str, int]],
+                 want: dict[str, np.ndarray], want_counters: dict[int, dict[str, int]], backend: str,
+                 first: int) -> None:
+        """Layer by layer over one batch whose first image is `first` of the run (the arena never reuses a
+        tensor's bytes, so final contents are each layer's output)."""
+        for layer in self.layers:
             name = layer["output"]
-            got, expected = result.tensors.get(name), reference.tensors.get(name)
-            if got is not None and expected is not None and not np.array_equal(got, expected):
-                index = tuple(int(i) for i in np.argwhere(got != expected)[0])
-                raise VerifyError(f"{backend} differs from the emulator at layer {layer['index']} "
-                                  f"({layer['name']}): tensor {name!r} element {list(index)} is {got[index]}, "
-                                  f"the emulator has {expected[index]}")
-            have = result.report.layers[layer["index"]]
-            if have.cycles != want.cycles:
-                raise VerifyError(f"{backend} differs from the emulator at layer {layer['index']} "
-                                  f"({layer['name']}): {have.cycles} busy cycles, the emulator counts {want.cycles}")
+            where = f"{backend} differs from the emulator at layer {layer['index']} ({layer['name']})"
+            have, expected = got.get(name), want.get(name)
+            if have is not None and expected is not None and not np.array_equal(have, expected):
+                index = tuple(int(i) for i in np.argwhere(have != expected)[0])
+                raise VerifyError(f"{where}: tensor {name!r} element {[first + index[0], *index[1:]]} is "
+                                  f"{have[index]}, the emulator has {expected[index]}")
+            cycles = (got_counters.get(layer["index"], {}).get("busy_cycles", 0),
+                      want_counters.get(layer["index"], {}).get("busy_cycles", 0))
+            if cycles[0] != cycles[1]:
+                raise VerifyError(f"{where}: {cycles[0]} busy cycles, the emulator counts {cycles[1]}")
 
     def _device(self, backend: str) -> Emulator | CoreDriver:
         if backend == "emulator":
@@ -215,9 +265,10 @@ class Model:
         while self._devices:
             self._devices.popitem()[1].close()
 
-    def _run_chunk(self, x: np.ndarray, regs: list[PrecisionRegs], mask: torch.Tensor | None,
-                   counters: dict[int, dict[str, int]], trace: bool,
-                   device: Emulator | CoreDriver) -> tuple[dict, dict, dict]:
+    def _run_chunk(self, x: np.ndarray, regs: list[PrecisionRegs], mask: torch.Tensor | None, trace: bool,
+                   device: Emulator | CoreDriver) -> tuple[tuple[dict, dict, dict], dict[int, dict[str, int]]]:
+        """((outputs, integer outputs, traced tensors), the layers' counters) of one batch on `device`."""
+        counters: dict[int, dict[str, int]] = {}
         arena = self.emulator.new_arena(x.shape[0])
         floats: dict[str, np.ndarray] = {self.build.manifest["input"]["name"]: x}
         tensors = self.build.manifest["tensors"]
@@ -241,7 +292,7 @@ class Model:
                 outputs[out["name"]] = floats[out["name"]]
         traced = {name: arena.read(t["offset"], tuple(t["shape"]), t["signed"], -1).numpy().astype(np.int32)
                   for name, t in tensors.items()} if trace else {}
-        return outputs, raw, traced
+        return (outputs, raw, traced), counters
 
     def _run_host(self, step: dict[str, Any], arena: Arena, floats: dict[str, np.ndarray],
                   tensors: dict[str, Any]) -> None:
@@ -290,11 +341,32 @@ class Model:
                       sum(lr.energy_uj for lr in layers), seconds)
 
 
-def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
-    mask = np.asarray(mask)
-    if mask.shape != (MASK_GRID, MASK_GRID) or not np.isin(mask, (0, 1, 2)).all():
-        raise InputError(f"region mask must be a {MASK_GRID}x{MASK_GRID} array of 0, 1 or 2")
-    return torch.from_numpy(mask.astype(np.int64))
+def _mask_rule(spec: MaskSpec) -> ImportanceMask | None:
+    """The rule a mask spec computes masks with (None for an array or no mask); an unknown name is refused."""
+    if isinstance(spec, ImportanceMask):
+        return spec
+    return ImportanceMask(spec) if isinstance(spec, str) or callable(spec) else None
+
+
+def _check_masks(masks: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """A region mask [MASK_GRID, MASK_GRID], or one per image [batch, MASK_GRID, MASK_GRID], of levels 0/1/2."""
+    grid = (MASK_GRID, MASK_GRID)
+    per_image = masks.ndim == 3 and masks.shape[1:] == grid and batch in (None, masks.shape[0])
+    if masks.shape != grid and not per_image:
+        one_per = f" or [{batch}, {MASK_GRID}, {MASK_GRID}] (one per image)" if batch else ""
+        raise InputError(f"region mask has shape {list(masks.shape)}; it must be a {MASK_GRID}x{MASK_GRID} "
+                         f"array{one_per} of 0, 1 or 2")
+    if not np.isin(masks, (0, 1, 2)).all():
+        raise InputError(f"region mask must be a {MASK_GRID}x{MASK_GRID} array of 0, 1 or 2 (cropped, 4-bit, "
+                         f"8-bit); it holds {sorted(set(np.unique(masks).tolist()) - {0, 1, 2})[:5]}")
+    return masks.astype(np.uint8)
+
+
+def _describe_masks(masks: np.ndarray, rule: ImportanceMask | None) -> dict[str, Any]:
+    """Report data: how the masks were made and the share of cells at each level over the run."""
+    shares = np.bincount(masks.reshape(-1), minlength=3) / masks.size
+    return {**(rule.describe() if rule is not None else {"importance": None}),
+            "cells": {"8-bit": float(shares[2]), "4-bit": float(shares[1]), "cropped": float(shares[0])}}
 
 
 def load(build_dir: str | Path, board: str | None = None, mode: str | None = None) -> Model:

@@ -259,7 +259,7 @@ class EmulatedCore:
         except DeviceError as exc:
             if not (stop is not None and exc.pc == stop and exc.code == ErrorCode.ADDR_RANGE):
                 failure = exc  # not the end of the shortened segment: an error of the core
-        self._arena.snapshot(0)  # writes the tensors the emulator keeps back into the arena's bytes
+        self._arena.flush()  # the tensors the emulator keeps, into the arena's bytes the stream reads
         for layer, values in counters.items():
             self.counters[layer] = [values.get(name, 0) & WORD for name in rg.COUNTERS]
         last = failure.pc if failure else stop if stop is not None else end

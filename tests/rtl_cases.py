@@ -18,6 +18,7 @@ from dynq.contract import numerics as nx
 from dynq.contract.array import REGION_MAX, SDP_G_VALUES, log2, window_limits
 from dynq.contract.registers import MASK_GRID, MAX_LAYERS
 from dynq.runtime.artifacts import Build
+from dynq.runtime.importance import ImportanceMask
 
 OPS_IN_RTL = (Op.MOVE, Op.ADD, Op.CONV, Op.POOL)
 """The operations the random corpus draws from (CONV: the cases `hdl.core.unsupported` accepts)."""
@@ -205,6 +206,8 @@ PRECISION_REWRITES: dict[str, tuple[Mode, list[dict]]] = {
     "sdp-k": (Mode.SDP, [dict(g=4, k=8), dict(g=4, k=2)]),  # every part kept; a quarter of them
     "daq-mask": (Mode.DAQ, [dict(mask=np.full((MASK_GRID, MASK_GRID), 2)),  # every pixel 8-bit; then columns
                             dict(mask=np.tile([0, 1, 2, 1], (MASK_GRID, MASK_GRID // 4)))]),  # cropped, 4, 8 bits
+    "daq-importance": (Mode.DAQ, [dict(mask="entropy"),  # per image: half the cells 8-bit, a quarter cropped
+                                  dict(mask=ImportanceMask("gradient", fractions=(0.25, 0.25)))]),  # half cropped
 }
 """Two settings of one layer's precision registers per mode, rewritten between two runs of a loaded model:
-far enough apart that the outputs must differ."""
+far enough apart that the outputs must differ. `daq-importance` computes a mask per image from the input."""

@@ -276,3 +276,149 @@ def test_drq_over_a_wide_input(tmp_path: Path) -> None:
     forced = compile_(wide, "--set", "/2/*:mode=drq")
     assert_one_line_error(forced, "region predictor")
     assert not (tmp_path / f"b{wide}2").exists()
+
+
+def test_run_on_image_files(build: Path, tmp_path: Path) -> None:
+    """A directory of images, a glob and one file: 16x16 RGB and grey PNGs (the model's size) become pixel/255
+    exactly, grey copied into R, G and B, in sorted file order (other files in the directory are not images and
+    are left out); the outputs equal the API's on those arrays and the report lists the files. A larger JPEG
+    is resized to the model's 16x16."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, pixels in (("b.png", rgb[1]), ("a.png", rgb[0]), ("c.png", grey)):
+        Image.fromarray(pixels).save(folder / name)
+    (folder / "notes.txt").write_text("not an image\n")
+    expected = np.concatenate([rgb.transpose(0, 3, 1, 2), np.repeat(grey[None, None], 3, axis=1)]) / np.float32(255)
+    want = dynq.load(build).run(expected.astype(np.float32)).output
+    for source in (folder, folder / "*.png"):
+        proc = dynq_cli("run", build, "-i", source, "-o", tmp_path / "y.npy", "--report", tmp_path / "r.json")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["inputs"] == [str(folder / n) for n in ("a.png", "b.png", "c.png")]
+        assert report["backend"] == "emulator" and report["verified"] is False
+    Image.fromarray(rgb[0]).resize((40, 30)).save(tmp_path / "big.jpg")
+    proc = dynq_cli("run", build, "-i", tmp_path / "big.jpg", "-o", tmp_path / "j.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "j.npy").shape == (1, 5)
+
+
+def test_npz_inputs_name_their_array(build: Path, tmp_path: Path) -> None:
+    x = images(2, SHAPE, seed=6)
+    np.savez(tmp_path / "one.npz", batch=x)
+    np.savez(tmp_path / "two.npz", batch=x, labels=np.arange(2))
+    want = dynq.load(build).run(x).output
+    for args in (["-i", tmp_path / "one.npz"], ["-i", tmp_path / "two.npz", "--array", "batch"]):
+        proc = dynq_cli("run", build, *args, "-o", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_bad_run_inputs_fail_in_one_line_without_output(build: Path, tmp_path: Path) -> None:
+    """Each names the thing and the fix, exits non-zero and leaves no output or report behind."""
+    np.save(tmp_path / "x.npy", images(2, SHAPE))
+    np.savez(tmp_path / "two.npz", a=images(1, SHAPE), b=images(1, SHAPE))
+    (tmp_path / "bad.png").write_text("this is text, not a PNG\n")
+    out = ["-o", tmp_path / "y.npy", "--report", tmp_path / "r.json"]
+    cases = [
+        (["-i", tmp_path / "missing.npy"], ("missing.npy", "no such file")),
+        (["-i", tmp_path / "missing.png"], ("missing.png", "no such file")),
+        (["-i", str(tmp_path / "none-*.png")], ("no file matches",)),
+        (["-i", tmp_path / "bad.png"], ("bad.png", "not an image Pillow can read", "PNG or JPEG")),
+        (["-i", tmp_path / "two.npz"], ("holds a, b", "--array NAME")),
+        (["-i", tmp_path / "two.npz", "--array", "c"], ("no array 'c'", "a, b")),
+        (["-i", tmp_path / "x.npy", "--mode", "daq", "--mask", "saliency"],
+         ("--mask saliency", "entropy, gradient, keypoints")),
+        (["-i", tmp_path / "x.npy", "--mask", "entropy"], ("DAQ", "--mode daq")),
+        (["-i", tmp_path / "x.npy", "--mode", "daq", "--mask", "entropy", "--mask-fraction", "0.8,0.5"],
+         ("0.8", "at most 1")),
+        (["-i", tmp_path / "x.npy", "--mode", "daq", "--mask", "entropy", "--mask-fraction", "half"],
+         ("--mask-fraction", "two numbers")),
+        (["-i", tmp_path / "x.npy", "--backend", "pynq"], ("--overlay FILE.bit",)),
+        (["-i", tmp_path / "x.npy", "--backend", "pynq", "--overlay", tmp_path / "none.bit"],
+         ("none.bit", "no such file", ".hwh")),
+        (["-i", tmp_path / "x.npy", "--backend", "pynq", "--overlay", tmp_path / "bad.png"],
+         ("bad.png", "pynq could not load the overlay", "on the board")),  # this machine is no board
+    ]
+    for args, needles in cases:
+        assert_one_line_error(dynq_cli("run", build, *args, *out), *needles)
+        assert not (tmp_path / "y.npy").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_images_for_a_model_they_cannot_fill() -> None:
+    """Images convert to one (grey) or three (RGB) channels; for any other input the error names the shape."""
+    from dynq.errors import UsageError
+    from dynq.inputs import read_images
+
+    with pytest.raises(UsageError, match=r"takes \[N, 2, 8, 8\].*give a \.npy of shape \[N, 2, 8, 8\]"):
+        read_images([Path("any.png")], (2, 8, 8))
+
+
+def test_run_with_importance_masks_and_batches(build: Path, tmp_path: Path) -> None:
+    """--mask gradient --mask-fraction gives the API's outputs with the same rule, and the report says how the
+    masks were made and the share of cells per level; a per-image mask file works as given; --batch-size
+    changes neither outputs nor counters."""
+    from dynq.runtime.importance import ImportanceMask
+
+    x = images(5, SHAPE, seed=8)
+    np.save(tmp_path / "x.npy", x)
+    model = dynq.load(build, mode="daq")
+    base = ["run", build, "-i", tmp_path / "x.npy", "--mode", "daq", "-o", tmp_path / "y.npy", "--report",
+            tmp_path / "r.json"]
+    proc = dynq_cli(*base, "--mask", "gradient", "--mask-fraction", "0.25,0.25")
+    assert proc.returncode == 0, proc.stderr
+    api = model.run(x, mask=ImportanceMask("gradient", fractions=(0.25, 0.25)))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), api.output)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mask"] == {"importance": "gradient", "fractions": [0.25, 0.25],
+                              "cells": {"8-bit": 0.25, "4-bit": 0.25, "cropped": 0.5}}
+    masks = np.random.default_rng(9).integers(0, 3, (5, 16, 16))
+    np.save(tmp_path / "masks.npy", masks)
+    for batch in ("5", "2"):
+        proc = dynq_cli(*base, "--mask", tmp_path / "masks.npy", "--batch-size", batch)
+        assert proc.returncode == 0, proc.stderr
+        want = model.run(x, mask=masks)
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want.output)
+        assert json.loads((tmp_path / "r.json").read_text())["total_cycles"] == want.report.total_cycles
+
+
+def test_progress_bar_only_on_a_terminal(build: Path, tmp_path: Path) -> None:
+    """On a terminal stderr shows a bar over the batches; with --quiet, or when stderr is not a terminal,
+    nothing but errors goes there."""
+    import os
+    import pty
+    import select
+
+    np.save(tmp_path / "x.npy", images(5, SHAPE, seed=10))
+    args = [sys.executable, "-m", "dynq.cli", "run", str(build), "-i", str(tmp_path / "x.npy"), "-o",
+            str(tmp_path / "y.npy"), "--batch-size", "2"]
+
+    def on_a_terminal(*extra: str) -> str:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([*args, *extra], stdout=subprocess.DEVNULL, stderr=slave,
+                                env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+        os.close(slave)
+        seen = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            try:
+                chunk = os.read(master, 4096) if ready else b""
+            except OSError:  # the terminal closed: the process is gone
+                chunk = b""
+            if not chunk:
+                break
+            seen += chunk
+        os.close(master)
+        assert proc.wait(timeout=60) == 0
+        return seen.decode(errors="replace")
+
+    shown = on_a_terminal()
+    assert "batches" in shown and "3/3" in shown, shown
+    assert "batches" not in on_a_terminal("--quiet")
+    piped = dynq_cli(*args[3:])
+    assert piped.returncode == 0 and piped.stderr == ""

@@ -22,9 +22,11 @@ from dynq.contract import ErrorCode, Memory, Mode, Op, address_map
 from dynq.contract import axi_dma as dma_regs
 from dynq.contract import registers as rg
 from dynq.contract.registers import DeviceError
+from dynq.errors import UsageError
 from dynq.runtime.core_driver import DeviceTimeout
 from dynq.runtime.driver import DmaError
-from dynq.runtime.model import Model, Result, VerifyError
+from dynq.runtime.importance import DEFAULT_FRACTIONS, cell_scores, keypoint_density, levels
+from dynq.runtime.model import InputError, Model, Result, VerifyError
 from dynq.runtime.sim_faults import Faults
 from dynq.runtime.sim_pynq import BusError, RtlOverlayDevice, SimOverlayDevice
 from dynq.zoo import bundled_samples
@@ -286,6 +288,69 @@ def test_precision_rewrite_between_runs(builds: dict[str, Path], mode: Mode, set
     assert runs[0].report.layers[layer].cycles != runs[1].report.layers[layer].cycles
     assert driver.device.dma.moved["mm2s"] == (len(model.build.program) + len(model.build.weights)
                                                + 2 * len(x) * model.build.manifest["arena_bytes"])
+
+
+def mask_writes(device: RecordingDevice, since: int) -> int:
+    """Words written into the core's region-mask memory from write number `since` on."""
+    lo = device.address_map.core.base + rg.MASK_BASE
+    return sum(lo <= address < lo + 4 * rg.MASK_WORDS for address in device.writes[since:])
+
+
+def test_per_image_masks_share_the_one_mask_memory(builds: dict[str, Path]) -> None:
+    """Images with different region masks in one batch (A A B A): the core has one mask memory, so the driver
+    rewrites it before each image whose mask differs from the previous image's, three times here. Every
+    tensor and counter equals the emulator's on the whole batch, and each image's logits equal the emulator's
+    on that image alone with its own mask."""
+    model = dynq.load(builds["resnet_small"], mode="daq")
+    full, columns = PRECISION_REWRITES["daq-mask"][1][0]["mask"], PRECISION_REWRITES["daq-mask"][1][1]["mask"]
+    masks = np.stack([full, full, columns, full])
+    x = digits(52, 4)
+    device = RecordingDevice(BOARD)
+    try:
+        model.open_backend("sim-pynq", device=device)
+        before = len(device.writes)
+        got = model.run(x, backend="sim-pynq", mask=masks, trace=True)
+    finally:
+        model.close()
+    assert mask_writes(device, before) == 3 * rg.MASK_WORDS
+    assert_same_run(got, model.run(x, mask=masks, trace=True))
+    for i, mask in enumerate(masks):
+        np.testing.assert_array_equal(got.raw["logits"][i], model.run(x[i:i + 1], mask=mask).raw["logits"][0])
+    assert not np.array_equal(model.run(x[2:3], mask=full).raw["logits"], got.raw["logits"][2:3])
+
+
+def test_persistent_importance_mask(builds: dict[str, Path]) -> None:
+    """`set_mask("keypoints")` holds for every later run that passes no mask, through `set_mode`, computed
+    afresh per image (masks made here from the importance functions directly, then run on the emulator, give
+    the same logits); a mask passed to one call wins for that call; `set_mask(None)` clears it, and a DAQ run
+    then stops before anything reaches the core. No recompilation: program and weights went over once."""
+    model = dynq.load(builds["resnet_small"], mode="daq")
+    x = digits(56, 3)
+    by_hand = np.stack([levels(cell_scores(keypoint_density(image)), DEFAULT_FRACTIONS) for image in x])
+    assert len({m.tobytes() for m in by_hand}) == 3, "the digits should get three different masks"
+    try:
+        driver = model.open_backend("sim-pynq")
+        model.set_mask("keypoints")
+        kept = model.run(x, backend="sim-pynq")
+        np.testing.assert_array_equal(kept.masks, by_hand)
+        np.testing.assert_array_equal(kept.raw["logits"], model.run(x, mask=by_hand).raw["logits"])
+        assert kept.report.extra["mask"]["importance"] == "keypoints"
+        other = model.run(x, backend="sim-pynq", mask="entropy")
+        assert not np.array_equal(other.raw["logits"], kept.raw["logits"])
+        model.set_mode("int8")
+        model.set_mode("daq")
+        np.testing.assert_array_equal(model.run(x, backend="sim-pynq").raw["logits"], kept.raw["logits"])
+        model.set_mask(None)
+        with pytest.raises(DeviceError, match="needs a region mask"):
+            model.run(x, backend="sim-pynq")
+        with pytest.raises(InputError, match=r"shape \[4, 4\]"):
+            model.set_mask(np.full((4, 4), 2))
+        with pytest.raises(UsageError, match="unknown importance 'saliency'"):
+            model.set_mask("saliency")
+    finally:
+        model.close()
+    arena = model.build.manifest["arena_bytes"]
+    assert driver.device.dma.moved["mm2s"] == len(model.build.program) + len(model.build.weights) + 3 * len(x) * arena
 
 
 def test_stream_order_and_cache_coherence_as_on_a_board(builds: dict[str, Path]) -> None:

@@ -131,11 +131,9 @@ class Instr:
     op: Op
     values: dict[str, int]
 
-    def __getattr__(self, name: str) -> int:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    def __post_init__(self) -> None:
+        """Every field also as a plain attribute (`ins.cin`): read many times per image, so no lookup hook."""
+        self.__dict__.update(self.values)
 
 
 def window_output(size: int, kernel: int, stride: int, dilation: int, padding: int) -> int:

@@ -138,11 +138,12 @@ def expand_regions(flags: torch.Tensor, rh: int, rw: int, h: int, w: int) -> tor
 def mask_cells(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The region mask (MASK_GRID x MASK_GRID cells over the input) scaled to an h x w feature map.
 
-    Pixel (y, x) takes cell (y * MASK_GRID // h, x * MASK_GRID // w). Returns [h, w].
+    Pixel (y, x) takes cell (y * MASK_GRID // h, x * MASK_GRID // w). Returns [h, w], or [N, h, w] for one
+    mask per image ([N, MASK_GRID, MASK_GRID]: the host rewrites the mask memory between images).
     """
     ys = torch.arange(h) * MASK_GRID // h
     xs = torch.arange(w) * MASK_GRID // w
-    return mask[ys][:, xs]
+    return mask[..., ys, :][..., xs]
 
 
 def sdp_keep(x: torch.Tensor, g: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,11 +16,26 @@ from dynq.contract.array import fused_pool_limits, predictor_limits, window_limi
 from dynq.contract.isa import Instr, geometry_error
 from dynq.contract.registers import DeviceError, ErrorCode, Level, Mode, PrecisionRegs
 
+ConvPlan = tuple[timing.ConvGeometry, int]
+"""What a CONV's instruction and registers fix before any data: its geometry and predictor cycles."""
+
 
 def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: int, mask: torch.Tensor | None,
-              pc: int) -> tuple[torch.Tensor, dict[str, int], timing.ConvGeometry]:
+              pc: int, plan: ConvPlan | None = None) -> tuple[torch.Tensor, dict[str, int], timing.ConvGeometry]:
     """(x' the array computes with, the layer's counters over the batch, its geometry) for a CONV whose
-    input is x [N, cin, ih, iw]; raises DeviceError where the overlay would stop."""
+    input is x [N, cin, ih, iw]; raises DeviceError where the overlay would stop. `plan` is `conv_plan`'s
+    result for the same instruction and registers, when the caller kept it."""
+    geom, predictor = plan or conv_plan(reg, ins, rows, cols, pc)
+    xq, steps, stats = apply_precision(x, reg, bool(ins.s0_signed), ins.groups, mask, pc)
+    counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, rows, cols, predictor)
+    return xq, {**counters, **stats}, geom
+
+
+def conv_plan(reg: PrecisionRegs, ins: Instr, rows: int, cols: int, pc: int) -> ConvPlan:
+    """Every check the overlay makes of a CONV's fields and registers before it reads the input (raising
+    DeviceError as it would stop), the geometry, and the cycles of the DRQ predictor's or the DAQ mask
+    expansion's pass over the input. It depends on no data, so a caller running the same instruction with
+    the same registers again may keep it."""
     if ins.groups < 1 or ins.cin % ins.groups or ins.cout % ins.groups:
         raise DeviceError(ErrorCode.BAD_OPCODE, pc, f"groups={ins.groups} does not divide cin/cout")
     if ins.aux > 1:
@@ -41,15 +56,11 @@ def conv_cost(x: torch.Tensor, reg: PrecisionRegs, ins: Instr, rows: int, cols: 
         raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, reason)
     if reg.mode == Mode.DRQ and (reason := predictor_limits(ins.iw, rows)):
         raise DeviceError(ErrorCode.BUFFER_OVERFLOW, pc, reason)
-    xq, steps, stats = apply_precision(x, reg, bool(ins.s0_signed), ins.groups, mask, pc)
     if reg.mode == Mode.DRQ:
-        predictor = timing.predictor_cycles(ins.cin, ins.ih, ins.iw, rows)
-    elif reg.mode == Mode.DAQ:
-        predictor = timing.mask_cycles(ins.ih, ins.iw)
-    else:
-        predictor = 0
-    counters = timing.conv_counters(steps, x.shape[0], nx.pad_cost(reg), geom, rows, cols, predictor)
-    return xq, {**counters, **stats}, geom
+        return geom, timing.predictor_cycles(ins.cin, ins.ih, ins.iw, rows)
+    if reg.mode == Mode.DAQ:
+        return geom, timing.mask_cycles(ins.ih, ins.iw)
+    return geom, 0
 
 
 def check_geometry(ins: Instr, pc: int) -> None:
@@ -62,8 +73,9 @@ def require_mask(reg: PrecisionRegs, mask: torch.Tensor | None, pc: int) -> None
     """A DAQ layer reads the region mask: a run without one stops before it (the overlay's mask memory would
     hold whatever the last run left)."""
     if reg.mode == Mode.DAQ and mask is None:
-        raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask: pass --mask FILE.npy "
-                          "(16x16 of 0/1/2) or Model.run(..., mask=...)")
+        raise DeviceError(ErrorCode.BAD_PRECISION, pc, "DAQ mode needs a region mask: pass --mask "
+                          "entropy|gradient|keypoints|FILE.npy (16x16 of 0/1/2), Model.run(..., mask=...) or "
+                          "Model.set_mask(...)")
 
 
 def check_window(ins: Instr, rows: int, pc: int) -> None:
@@ -94,7 +106,9 @@ def apply_precision(x: torch.Tensor, reg: PrecisionRegs, signed: bool, groups: i
             stats.update(sensitive_regions=int(sensitive_regions.sum()), total_regions=sensitive_regions.numel())
         else:
             require_mask(reg, mask, pc)
-            level = nx.mask_cells(mask, h, w).to(torch.int16).expand(n, c, h, w)
+            if mask.dim() == 3 and mask.shape[0] != n:
+                raise ValueError(f"{mask.shape[0]} region masks for a batch of {n} images")
+            level = nx.mask_cells(mask, h, w).to(torch.int16).reshape(-1, 1, h, w).expand(n, c, h, w)
             stats.update(sensitive_regions=int((level == Level.EIGHT_BIT).sum()), total_regions=values)
         low = nx.insensitive(x, signed, reg.insens_hi)
         xq = torch.where(level == Level.EIGHT_BIT, x, torch.where(level == Level.FOUR_BIT, low, torch.zeros_like(x)))

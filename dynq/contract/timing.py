@@ -263,14 +263,8 @@ def _split_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: C
                     predictor_cycles: int) -> dict[str, int]:
     """Reduction-split: per chunk of `rows` channels, `rows // BLOCK` weight words into the PEs bound the pace
     (lanes' steps, at most 2, fit in them); data-independent but for the statistics."""
-    words = rows // BLOCK
-    chunks = ceil_div(g.cin_g, rows)
-    col_w = _widths(g.cout_g, cols)
-    passes = g.groups * len(col_w)
-    compute = torch.full((1, passes * chunks), words, dtype=torch.int64)
-    fill = np.full(passes * chunks, words)
-    drain = np.tile(col_w, g.groups) + PIPE_CYCLES + reduce_cycles(rows)
-    busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles + int(_passes(compute, fill, chunks, drain).sum()))
+    chunks, col_tiles, stream, compute = _split_pace(g, rows, cols)
+    busy = batch * (LAYER_SETUP_CYCLES + predictor_cycles + stream)
     if steps is None:
         stall, lane_steps = 0, batch * g.groups * g.cin_g * pad_steps
     else:
@@ -279,10 +273,24 @@ def _split_counters(steps: torch.Tensor | None, batch: int, pad_steps: int, g: C
         stall, lane_steps = int((lanes.amax(dim=-1) - _fastest(lanes)).sum()), int(steps.sum())
     return {
         "busy_cycles": busy,
-        "compute_cycles": batch * int(compute.sum()),
-        "stall_cycles": len(col_w) * stall,
+        "compute_cycles": batch * compute,
+        "stall_cycles": col_tiles * stall,
         "mac_steps": g.cout_g * lane_steps,
     }
+
+
+@cache
+def _split_pace(g: ConvGeometry, rows: int, cols: int) -> tuple[int, int, int, int]:
+    """(chunks of `rows` channels, column tiles, cycles of the pass stream, compute cycles) of one image on the
+    reduction-split mapping, where `rows // BLOCK` weight words per chunk set the pace whatever the data."""
+    words = rows // BLOCK
+    chunks = ceil_div(g.cin_g, rows)
+    col_w = _widths(g.cout_g, cols)
+    passes = g.groups * len(col_w)
+    compute = torch.full((1, passes * chunks), words, dtype=torch.int64)
+    fill = np.full(passes * chunks, words)
+    drain = np.tile(col_w, g.groups) + PIPE_CYCLES + reduce_cycles(rows)
+    return chunks, len(col_w), int(_passes(compute, fill, chunks, drain).sum()), int(compute.sum())
 
 
 @cache
