@@ -1,8 +1,11 @@
 """Board-free pynq devices: the dynq overlay of a board, in-process, behind pynq's own device interface.
 
-`SimOverlayDevice` is a `pynq.pl_server.device.Device` with the REGISTER_RW capability: every `pynq.MMIO`
-access becomes `read_registers` / `write_registers`, which the device decodes with the contract's address
-map into the core's register file (`EmulatedCore`) or the AXI DMA's (`AxiDmaModel`). `allocate` hands out
+`SimOverlayDevice` is a `pynq.pl_server.device.Device` with the MEMORY_MAPPED capability, as a board's
+device has: `pynq.MMIO` indexes the word array `mmap` returns, which on a board is a view of `/dev/mem` and
+here a `RegisterWindow` whose every word access the device decodes with the contract's address map into
+the core's register file (`EmulatedCore`) or the AXI DMA's (`AxiDmaModel`). So pynq's MMIO takes the same
+code path as on a board. `read_registers` / `write_registers` (the REGISTER_RW interface) reach the same
+words, for the virtual board's gRPC services. `allocate` hands out
 `PynqBuffer`s backed by a model of the DDR. After every register write the device moves stream data: the
 MM2S channel's packet into the core when the core's input stream is open, the core's output into the S2MM
 buffer when a receive is programmed. So the driver code, pynq's MMIO, allocate and DMA classes run
@@ -37,13 +40,35 @@ class BusError(DynqError, RuntimeError):
     """An access to an address where the overlay has no IP (on a board this hangs or faults the bus)."""
 
 
+class RegisterWindow:
+    """A register window as pynq's MMIO sees it on a board (a uint32 array), each word access reaching the
+    simulated IP behind it."""
+
+    def __init__(self, device: SimOverlayDevice, base: int, words: int):
+        self.device, self.base, self.words = device, base, words
+
+    def __len__(self) -> int:
+        return self.words
+
+    def _address(self, index: int) -> int:
+        if not 0 <= index < self.words:
+            raise IndexError(f"register word {index} is outside the {self.words}-word window at 0x{self.base:08x}")
+        return self.base + 4 * index
+
+    def __getitem__(self, index: int) -> int:
+        return self.device.read_word(self._address(index))
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self.device.write_word(self._address(index), int(value))
+
+
 class SimOverlayDevice(Device):
     """`board`'s dynq overlay without the board: core, AXI DMA and DDR as the address map places them."""
 
     def __init__(self, board: str, faults: Faults | None = None, core: StreamCore | None = None):
         """`faults` makes the device misbehave on purpose; `core` replaces the emulated core."""
         super().__init__(f"dynq-sim:{board}")
-        self.capabilities = {"REGISTER_RW": True}
+        self.capabilities = {"MEMORY_MAPPED": True}
         self.board = boards.load(board)
         self.address_map = amap.for_board(self.board)
         self.faults = faults or Faults()
@@ -66,19 +91,28 @@ class SimOverlayDevice(Device):
                        f"0x{m.core.base:08x} (+0x{m.core.size:x}), the DMA at 0x{m.dma.base:08x} "
                        f"(+0x{m.dma.size:x}); take the addresses from the overlay or the contract's address map")
 
+    def mmap(self, base_addr: int, length: int) -> RegisterWindow:
+        """What pynq's MMIO indexes: `length` bytes of registers from `base_addr`, as 32-bit words."""
+        return RegisterWindow(self, base_addr, length // 4)
+
+    def read_word(self, address: int) -> int:
+        target, offset = self.target(address)
+        return target.read(offset)
+
+    def write_word(self, address: int, value: int) -> None:
+        """One register write; then the streams move what the write made ready."""
+        target, offset = self.target(address)
+        target.write(offset, value)
+        self._pump()
+
     def read_registers(self, address: int, length: int) -> bytes:
-        words = []
-        for at in range(address, address + length, 4):
-            target, offset = self.target(at)
-            words.append(target.read(offset).to_bytes(4, "little"))
-        return b"".join(words)[:length]
+        words = b"".join(self.read_word(at).to_bytes(4, "little") for at in range(address, address + length, 4))
+        return words[:length]
 
     def write_registers(self, address: int, data: bytes) -> None:
         data = bytes(data).ljust(-(-len(data) // 4) * 4, b"\0")
         for i in range(0, len(data), 4):
-            target, offset = self.target(address + i)
-            target.write(offset, int.from_bytes(data[i:i + 4], "little"))
-        self._pump()
+            self.write_word(address + i, int.from_bytes(data[i:i + 4], "little"))
 
     def _pump(self) -> None:
         """Moves what both ends of a stream are ready for."""

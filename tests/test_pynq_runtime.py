@@ -237,9 +237,9 @@ class RecordingDevice(SimOverlayDevice):
         self.writes: list[int] = []
         self.allocations = 0
 
-    def write_registers(self, address: int, data: bytes) -> None:
+    def write_word(self, address: int, value: int) -> None:
         self.writes.append(address)
-        super().write_registers(address, data)
+        super().write_word(address, value)
 
     def allocate(self, shape: object, dtype: object, **kwargs: object) -> object:
         self.allocations += 1
