@@ -1,7 +1,9 @@
-"""Board descriptions, as data: part, PS, PE-array shape, buffer sizes, clock and resource capacity.
+"""Board descriptions, as data: part, PS, PE-array shape, buffer sizes, clock, resource capacity and what
+the Vivado build needs.
 
 Compiler, emulator, HDL generator and overlay build all read the same `<name>.toml`; the `[arch]`
-table is what a compiled model depends on, and its fingerprint ties a build to matching overlays.
+table is what a compiled model depends on, and its fingerprint ties a build to matching overlays. The
+`[overlay]` table is what only the overlay build reads (board preset, PL clock, DDR size).
 """
 
 from __future__ import annotations
@@ -42,6 +44,22 @@ class Arch:
         return fingerprint(self.as_dict(), CONTRACT_VERSION)
 
 
+PL_CLOCKS = 4
+"""Both PS families drive the PL with four clocks (FCLK_CLK0..3 on the PS7, pl_clk0..3 on the MPSoC)."""
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What the Vivado build of the board's overlay needs beyond part and PS (`dynq.overlay`)."""
+
+    board_part: str
+    """Vivado board preset (`vendor:board:part0:version`): the PS's DDR, MIO and clock setup come from it."""
+    pl_clock: int
+    """Which of the PS's PL clocks drives the core, the DMA and the interconnect (at `arch.clock_mhz`)."""
+    ddr_bytes: int
+    """The PS's DDR on this board; the DMA's memory window is the part of it the HP port maps."""
+
+
 @dataclass(frozen=True)
 class Board:
     name: str
@@ -50,6 +68,7 @@ class Board:
     ps: str
     arch: Arch
     capacity: dict[str, int]
+    overlay: Overlay
 
 
 def names() -> list[str]:
@@ -65,9 +84,18 @@ def load(name: str) -> Board:
     try:
         data = tomllib.loads(path.read_text())
         board = Board(data["name"], data["part"], data["family"], data["ps"], Arch(**data["arch"]),
-                      dict(data["capacity"]))
+                      dict(data["capacity"]), Overlay(**data["overlay"]))
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise BoardError(f"board file {name}.toml is malformed: {exc}") from exc
+    overlay = board.overlay
+    if overlay.board_part.count(":") != 3:
+        raise BoardError(f"board file {name}.toml: [overlay] board_part {overlay.board_part!r} is not a Vivado "
+                         "board part (vendor:board:part0:version)")
+    if not 0 <= overlay.pl_clock < PL_CLOCKS:
+        raise BoardError(f"board file {name}.toml: [overlay] pl_clock={overlay.pl_clock}; the PS has PL clocks "
+                         f"0..{PL_CLOCKS - 1}")
+    if overlay.ddr_bytes <= 0:
+        raise BoardError(f"board file {name}.toml: [overlay] ddr_bytes={overlay.ddr_bytes} must be positive")
     rows = board.arch.rows
     least = max(2 * BLOCK, REGION_MAX)
     if not is_pow2(rows) or rows < least:

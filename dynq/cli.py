@@ -523,5 +523,88 @@ def _used_of(used: float, cap: int | None, share: float | None) -> str:
     return text if share <= 1 else f"[bold red]{text}[/]"
 
 
+@main.group("overlay")
+def overlay_group() -> None:
+    """The Vivado overlay: block design, build scripts, bitstream package (dynq.overlay)."""
+
+
+@overlay_group.command("build")
+@click.option("--board", "-b", required=True, help="Board (see `dynq boards`).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Build directory (new, empty, or an earlier overlay build, which is replaced).")
+@click.option("--vivado", "vivado_exe", metavar="PATH",
+              help="Vivado to run [default: `vivado` on PATH; without one, only the scripts are written].")
+@click.option("--no-run", is_flag=True, help="Write the scripts only, even with Vivado on PATH.")
+@click.option("--timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Stop Vivado after this long [default: 6 hours].")
+def overlay_build_cmd(board: str, out_dir: Path, vivado_exe: str | None, no_run: bool, timeout: float | None) -> None:
+    """Generate the overlay build for BOARD and, with Vivado, build it.
+
+    Writes OUT/dynq_core.v (the core's Verilog), params.tcl (every name, address and option, from the
+    contract and the board file), package_ip.tcl, block_design.tcl, build.tcl and overlay.json.in. With Vivado
+    it runs `vivado -mode batch -source build.tcl` there (log: OUT/vivado.log) and checks the package it makes,
+    OUT/package/ (dynq.bit, dynq.hwh, overlay.json). Without Vivado it prints the command to run on a machine
+    that has it. A failed build leaves no package: its directory is kept as OUT.failed.
+    """
+    import shutil
+
+    from dynq.errors import UsageError
+    from dynq.overlay import build, tcl, vivado
+
+    if vivado_exe is not None and no_run:
+        raise UsageError("--vivado runs Vivado, --no-run does not: give one of them")
+    exe = None if no_run else (shutil.which(vivado_exe or "vivado") or None)
+    if vivado_exe is not None and exe is None:
+        raise UsageError(f"--vivado {vivado_exe}: no such executable")
+    with _vivado_progress() as progress:
+        result = build.build(board, out_dir, exe, timeout or vivado.DEFAULT_TIMEOUT, progress if exe else None)
+    click.echo(f"wrote the overlay build for {board} in {out_dir}: " + ", ".join(p.name for p in result.written))
+    if result.report is None:
+        reason = "--no-run" if no_run else "no `vivado` on PATH"
+        click.echo(f"Vivado was not run ({reason}). On a machine with Vivado {tcl.VIVADO_TARGETS[0]}-"
+                   f"{tcl.VIVADO_TARGETS[1]} and the board files, run:\n  {result.command}\n"
+                   f"It writes {out_dir}/package/ (dynq.bit, dynq.hwh, overlay.json); then `dynq overlay check "
+                   f"{out_dir}`.")
+        return
+    for line in result.report.lines():
+        click.echo(line)
+    click.echo(f"Vivado log: {out_dir / vivado.LOG}")
+
+
+@contextlib.contextmanager
+def _vivado_progress() -> Iterator[Callable[[str], None]]:
+    """Vivado's steps on stderr: a live status line on a terminal, one line per step otherwise."""
+    import time
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    if not console.is_terminal:
+        yield lambda step: click.echo(f"dynq: vivado: {step} ({time.monotonic() - started:.0f} s)", err=True)
+        return
+    with console.status("Vivado: starting") as status:
+        def show(step: str) -> None:
+            status.update(f"Vivado: {step} (started after {time.monotonic() - started:.0f} s)")
+
+        yield show
+
+
+@overlay_group.command("check")
+@click.argument("package_dir", type=click.Path(path_type=Path))
+@click.option("--build", "build_dir", type=click.Path(path_type=Path),
+              help="Also check that this compiled build is for the overlay's architecture and fits its memories.")
+def overlay_check_cmd(package_dir: Path, build_dir: Path | None) -> None:
+    """Check an overlay package (PACKAGE_DIR, or a build directory holding package/): its .hwh, read with
+    pynq's parser, against the contract's address map, the DMA configuration and the board's fingerprint."""
+    from dynq.overlay import package
+
+    report = package.check(package_dir, build_dir)
+    for line in report.lines():
+        click.echo(line)
+    if build_dir is not None:
+        click.echo(f"  the build {build_dir} fits this overlay")
+
+
 if __name__ == "__main__":
     main()

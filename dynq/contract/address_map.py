@@ -8,7 +8,7 @@ overlay's `ip_dict`). Nothing else writes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from dynq.contract.registers import ADDRESS_SPACE, XFER_ALIGN
@@ -47,7 +47,8 @@ class AddressMap:
     core: Segment
     dma: Segment
     ddr: Segment
-    """The DDR window the DMA's memory-mapped masters are assigned (through a high-performance slave port)."""
+    """The DDR window the DMA's memory-mapped masters are assigned (through a high-performance slave port);
+    `name` is that PS port."""
 
 
 CORE_INSTANCE = "dynq_core"
@@ -79,31 +80,41 @@ MAPS: dict[str, AddressMap] = {
         ps="ps7", cpu="armv7l", master="M_AXI_GP0",
         core=Segment(CORE_INSTANCE, 0x43C0_0000, ADDRESS_SPACE),
         dma=Segment(DMA_INSTANCE, 0x4040_0000, DMA_RANGE),
-        ddr=Segment("S_AXI_HP0", 0x0000_0000, 0x2000_0000)),
+        ddr=Segment("S_AXI_HP0", 0x0000_0000, 0x4000_0000)),
     "zynq_ultra_ps_e": AddressMap(
         ps="zynq_ultra_ps_e", cpu="aarch64", master="M_AXI_HPM0_FPD",
         core=Segment(CORE_INSTANCE, 0xA000_0000, ADDRESS_SPACE),
         dma=Segment(DMA_INSTANCE, 0xA001_0000, DMA_RANGE),
         ddr=Segment("S_AXI_HP0_FPD", 0x0000_0000, 0x8000_0000)),
 }
-"""Zynq-7000: the 512 MiB of the PYNQ-Z1/Z2 through HP0. Zynq UltraScale+: the low 2 GiB of DDR through
-HP0_FPD. The register windows are where Vivado's address editor puts the first IP on each master port."""
+"""Per processing-system family. The register windows are where Vivado's address editor puts the first IP on
+each master port. `ddr` here is the most DDR the HP port maps (Zynq-7000: up to 1 GiB from 0 through HP0;
+Zynq UltraScale+: the low 2 GiB through HP0_FPD); a board's window is the part of it that its DDR fills
+(`for_board`), so the board file's `[overlay] ddr_bytes` is the one source of a board's window."""
 
 
 def for_board(board: Board) -> AddressMap:
-    """The address map of `board`'s overlay."""
+    """The address map of `board`'s overlay: its PS family's map, the DDR window cut to the board's DDR."""
     try:
-        return MAPS[board.ps]
+        family = MAPS[board.ps]
     except KeyError:
         raise AddressMapError(f"board {board.name}: no overlay address map for the processing system "
                               f"{board.ps!r}; known: {', '.join(MAPS)}") from None
+    return replace(family, ddr=_window(family.ddr, board.overlay.ddr_bytes))
 
 
 def for_cpu(cpu: str) -> AddressMap:
     """The address map of the overlay on a board whose processor is `cpu` (`uname -m`, as pynq's remote
-    client reports it)."""
-    for address_map in MAPS.values():
-        if address_map.cpu == cpu:
-            return address_map
+    client reports it): the PS family's map, with the DDR window every board of that processor has."""
+    from dynq import boards
+
+    for family in MAPS.values():
+        if family.cpu == cpu:
+            sizes = [b.overlay.ddr_bytes for b in map(boards.load, boards.names()) if b.ps == family.ps]
+            return replace(family, ddr=_window(family.ddr, min(sizes, default=family.ddr.size)))
     raise AddressMapError(f"no overlay address map for a board with a {cpu!r} processor; known: "
                           f"{', '.join(m.cpu for m in MAPS.values())}")
+
+
+def _window(aperture: Segment, ddr_bytes: int) -> Segment:
+    return replace(aperture, size=min(aperture.size, ddr_bytes))

@@ -1,0 +1,118 @@
+"""The Vivado scripts of an overlay build: the fixed Tcl of `overlay/scripts/` and `params.tcl`, which holds
+every name, number and option those scripts use, written here from the contract and the board file.
+
+Keeping the numbers out of the fixed scripts means the address map in the block design can only be the one
+`dynq.contract.address_map` gives the runtime, and the scripts read (and diff) the same for every board.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata, resources
+from pathlib import Path
+
+from dynq.boards import Board
+from dynq.contract import address_map as amap
+from dynq.errors import DynqError
+from dynq.hdl.generate import TOP
+from dynq.overlay import core_ip, ps
+
+SCRIPTS = ("common.tcl", "package_ip.tcl", "block_design.tcl", "build.tcl")
+"""Copied unchanged from `overlay/scripts/`."""
+PARAMS = "params.tcl"
+BUILD_SCRIPT = "build.tcl"
+VERILOG = f"{TOP}.v"
+DESIGN = "dynq_bd"
+PROJECT = "dynq"
+
+VIVADO_REFERENCE = "2022.1"
+"""The release the scripts are written against: PYNQ 3.0's."""
+VIVADO_TARGETS = ("2020.2", "2024.2")
+"""The oldest and newest releases whose Tcl commands the scripts restrict themselves to
+(assign_bd_address -offset/-range and exclude_bd_addr_seg -target_address_space appeared in 2020.1)."""
+
+_BARE = re.compile(r"^[A-Za-z0-9_.:/+@-]+$")
+
+
+class TclError(DynqError, ValueError):
+    """A value cannot be written as a Tcl word."""
+
+
+def word(value: object) -> str:
+    """`value` as one Tcl word: bare when safe, braced otherwise; dicts and lists as Tcl lists."""
+    if isinstance(value, dict):
+        return word(" ".join(f"{word(k)} {word(v)}" for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return word(" ".join(word(v) for v in value))
+    text = str(value)
+    if _BARE.match(text):
+        return text
+    if "\\" in text or text.count("{") != text.count("}"):
+        raise TclError(f"cannot write {text!r} as a Tcl word")
+    return "{" + text + "}"
+
+
+def params(board: Board) -> dict[str, object]:
+    """Every value the scripts read: scalars, and the arrays `core`, `ps`, `dma`, `addr`, `pkg`, `vivado`."""
+    from dynq.overlay import package
+
+    family = ps.family(board)
+    address_map = amap.for_board(board)
+    return {
+        "board": board.name, "part": board.part, "board_part": board.overlay.board_part, "project": PROJECT,
+        "design": DESIGN, "top": f"{DESIGN}_wrapper", "clock_mhz": f"{board.arch.clock_mhz:g}",
+        "vivado": {"reference": VIVADO_REFERENCE, "targets": list(VIVADO_TARGETS)},
+        "core": {
+            "name": TOP, "file": VERILOG, "vendor": core_ip.VENDOR, "library": core_ip.LIBRARY,
+            "version": core_ip.VERSION, "vlnv": core_ip.VLNV, "instance": amap.CORE_INSTANCE,
+            "display_name": f"dynq core {board.arch.rows}x{board.arch.cols}",
+            "description": f"dynq dynamic-precision CNN core for {board.name}, generated from MyHDL",
+            "interfaces": {name: i.as_tcl() for name, i in core_ip.interfaces(board).items()},
+            "reg_interface": core_ip.REG_INTERFACE, "stream_in": core_ip.STREAM_IN,
+            "stream_out": core_ip.STREAM_OUT, "clock": core_ip.CLOCK, "reset": core_ip.RESET, "irq": core_ip.IRQ,
+            "reg_block": core_ip.REG_BLOCK, "reg_range": address_map.core.size,
+            "reg_width": core_ip.reg_width(board),
+            "user_parameters": core_ip.user_parameters(board),
+        },
+        "ps": {
+            "ip": family.ip, "instance": family.instance, "rule": family.rule, "rule_config": family.rule_config,
+            "config": family.config(address_map, board.overlay.pl_clock, board.arch.clock_mhz),
+            "master": address_map.master, "master_clock": family.port(address_map.master).clock_pin,
+            "slave": address_map.ddr.name, "slave_clock": family.port(address_map.ddr.name).clock_pin,
+            "ddr_segment": family.ddr_segment(address_map.ddr.name), "data_space": family.data_space,
+            "clock_pin": family.clock_pin.format(n=board.overlay.pl_clock), "reset_pin": family.reset_pin,
+            "irq_pin": family.irq_pin,
+        },
+        "dma": {"ip": "xilinx.com:ip:axi_dma", "instance": amap.DMA_INSTANCE,
+                "config": {f"CONFIG.{k}": v for k, v in amap.DMA_CONFIG.items()}},
+        "addr": {"core_base": hex(address_map.core.base), "core_range": hex(address_map.core.size),
+                 "dma_base": hex(address_map.dma.base), "dma_range": hex(address_map.dma.size),
+                 "ddr_base": hex(address_map.ddr.base), "ddr_range": hex(address_map.ddr.size)},
+        "pkg": {"dir": package.PACKAGE_DIR, "bitstream": package.BITSTREAM, "hwh": package.HWH,
+                "manifest": package.MANIFEST, "template": package.TEMPLATE,
+                "vivado_placeholder": package.VIVADO_PLACEHOLDER},
+    }
+
+
+def render_params(board: Board) -> str:
+    """`params.tcl`: scalars as `set name value`, groups as Tcl arrays (`set core(name) value`)."""
+    lines = [f"# Generated by dynq {metadata.version('dynq')} (dynq overlay build --board {board.name}) from",
+             "# dynq/contract and boards/" + f"{board.name}.toml. Do not edit: regenerate.", ""]
+    for name, value in params(board).items():
+        if isinstance(value, dict):
+            lines += [f"set {name}({key}) {word(item)}" for key, item in value.items()]
+        else:
+            lines.append(f"set {name} {word(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_scripts(board: Board, out_dir: Path) -> list[Path]:
+    """Writes `params.tcl` and copies the fixed scripts into `out_dir`; returns them, build script last."""
+    source = resources.files(__package__) / "scripts"
+    written = [out_dir / PARAMS]
+    written[0].write_text(render_params(board))
+    for name in SCRIPTS:
+        (out_dir / name).write_text((source / name).read_text())
+        written.append(out_dir / name)
+    written.sort(key=lambda p: p.name == BUILD_SCRIPT)
+    return written
