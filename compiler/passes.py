@@ -1,7 +1,8 @@
 """Graph passes that bring an exported model to the overlay's op set without changing its function.
 
 Order matters and is fixed by `run_all`: QDQ stripping (keeping the model's own scales), constant
-folding, Identity/Dropout removal, BatchNormalization folding, MatMul->Gemm, activation fusion.
+folding, Identity/Dropout removal, BatchNormalization folding, MatMul->Gemm, activation fusion, ceil-mode
+max pooling to explicit padding, max-pool fusion.
 """
 
 from __future__ import annotations
@@ -168,6 +169,35 @@ def fuse_activations(g: Graph) -> None:
         g.nodes.remove(act)
 
 
+def ceil_max_pool_to_pads(g: Graph) -> None:
+    """MaxPool with ceil_mode=1 becomes the same MaxPool with ceil_mode=0 and explicit bottom/right padding.
+
+    Caffe-trained nets (MTCNN among them) round pooled sizes up; the overlay's pooling rounds down. For max
+    pooling the two agree once the windows that ceil mode lets run past the input get padding, because
+    padding never wins a max (the ONNX rule and the emulator's). The output size is computed with ONNX's
+    rule (a last window that would start in the end padding is dropped) and must match the inferred
+    shape; any pooling this cannot prove equal is left alone (it then runs on the host)."""
+    for pool in [n for n in g.nodes if n.op == "MaxPool" and n.attr("ceil_mode", 0)]:
+        auto = pool.attr("auto_pad", b"NOTSET")
+        k, strides = list(pool.attr("kernel_shape")), list(pool.attr("strides", [1] * len(pool.attr("kernel_shape"))))
+        shape_in, shape_out = g.shapes.get(pool.inputs[0]), g.shapes.get(pool.outputs[0])
+        if auto not in (b"NOTSET", "NOTSET") or len(k) != 2 or any(d != 1 for d in pool.attr("dilations", [1, 1])) \
+                or shape_in is None or shape_out is None or len(pool.outputs) != 1:
+            continue
+        pads = list(pool.attr("pads", [0, 0, 0, 0]))
+        for axis in range(2):
+            size, begin, end = shape_in[2 + axis] + pads[axis], pads[axis], pads[axis + 2]
+            out = -(-(size + end - k[axis]) // strides[axis]) + 1
+            if (out - 1) * strides[axis] >= size:
+                out -= 1
+            pads[axis + 2] = end + max(0, (out - 1) * strides[axis] + k[axis] - size - end)
+            if (size + pads[axis + 2] - k[axis]) // strides[axis] + 1 != out or out != shape_out[2 + axis] \
+                    or pads[axis + 2] >= k[axis] or begin >= k[axis]:
+                break
+        else:
+            pool.attrs["ceil_mode"], pool.attrs["pads"] = 0, pads
+
+
 def fuse_max_pool(g: Graph, rows: int) -> None:
     """Conv followed by its only consumer, a 2x2 stride-2 MaxPool without padding: the array pools in its
     drain (`aux=1`), so the convolution's full-size output never goes through the arena (where the
@@ -208,5 +238,6 @@ def run_all(g: Graph, rows: int) -> QuantInfo:
     fold_batchnorm(g)
     matmul_to_gemm(g)
     fuse_activations(g)
+    ceil_max_pool_to_pads(g)
     fuse_max_pool(g, rows)
     return quant

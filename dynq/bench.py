@@ -7,6 +7,7 @@ always taken against a reference measured in the same run.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +34,9 @@ def _fp32_accuracy(model: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def quick(images: int = 1000, board: str = "pynq-z2") -> dict[str, Any]:
-    """Bundled MNIST models: fp32 vs emulated accuracy and cycles in every mode (default policies)."""
+def quick(images: int = 1000, board: str = "pynq-z2", seed: int = 0) -> dict[str, Any]:
+    """Bundled MNIST models: fp32 vs emulated accuracy and cycles in every mode (default policies); `seed`
+    picks the calibration digits."""
     from dataclasses import replace
 
     from dynq.zoo import bundled_model
@@ -43,7 +45,7 @@ def quick(images: int = 1000, board: str = "pynq-z2") -> dict[str, Any]:
     x_train, _ = load_mnist("train")
     x_test, y_test = load_mnist("test")
     x_test, y_test = x_test[:images], y_test[:images]
-    calib = x_train[:CALIB_IMAGES]
+    calib = x_train[np.random.default_rng(seed).choice(len(x_train), CALIB_IMAGES, replace=False)]
     rows: list[dict[str, Any]] = []
     with Progress(console=console, transient=True) as progress, tempfile.TemporaryDirectory() as tmp:
         task = progress.add_task("bench --quick", total=len(QUICK_MODELS) * len(QUICK_MODES))
@@ -88,7 +90,7 @@ def quick(images: int = 1000, board: str = "pynq-z2") -> dict[str, Any]:
                       _num(r["energy_uj_per_image"]), _pct(r["stall_share"]), _pct(r["sensitive_share"]),
                       _pct(r["kept_share"]))
     console.print(table)
-    return {"suite": "quick", "board": board, "images": images, "rows": rows}
+    return {"suite": "quick", "board": board, "images": images, "seed": seed, "rows": rows}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -104,11 +106,32 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def quantize_qdq(model: Path, calib: np.ndarray, out: Path) -> Path:
+    """onnxruntime's own static int8 quantization of `model` (QDQ, uint8 activations, per-channel int8
+    weights), calibrated on `calib`: the int8 reference the emulator's speed is compared with."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process the model goes to the root logger on every call
+    try:
+        quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return out
+
+
 def speed(board: str = "pynq-z2", repeats: int = 20) -> dict[str, Any]:
     """Emulator wall time for ResNet-18 (224x224, random weights, calibrated) in int8 against
     onnxruntime's int8 QDQ model (uint8 activations, int8 weights) and fp32, plus ResNet-50 compile time."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     from dynq.zoo.resnet_imagenet import export
 
     rng = np.random.default_rng(0)
@@ -123,18 +146,8 @@ def speed(board: str = "pynq-z2", repeats: int = 20) -> dict[str, Any]:
         results["compile_resnet50_s"] = dynq.compile(r50, board, Path(tmp) / "b50", calib=calib[:2]).seconds
         progress.update(task, advance=1, description="compiling ResNet-18")
         results["compile_resnet18_s"] = dynq.compile(r18, board, Path(tmp) / "b18", calib=calib).seconds
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.items = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self.items, None)
-
         progress.update(task, advance=1, description="quantizing ResNet-18 with onnxruntime")
-        qdq = Path(tmp) / "resnet18_qdq.onnx"
-        quantize_static(str(r18), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        qdq = quantize_qdq(r18, calib, Path(tmp) / "resnet18_qdq.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         sessions = {name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])

