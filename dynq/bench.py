@@ -71,8 +71,8 @@ def quick(images: int = 1000, board: str = "pynq-z2", seed: int = 0) -> dict[str
                     "energy_uj_per_image": result.report.energy_uj / len(x_test),
                     "stall_share": sum(lr.stall_cycles for lr in result.report.layers) / max(
                         1, sum(lr.compute_cycles for lr in result.report.layers)),
-                    "sensitive_share": _mean([lr.sensitive_share for lr in dyn]),
-                    "kept_share": _mean([lr.kept_share for lr in dyn]),
+                    "sensitive_share": mean_present([lr.sensitive_share for lr in dyn]),
+                    "kept_share": mean_present([lr.kept_share for lr in dyn]),
                 })
                 if mode == "int8":
                     term_serial = sum(lr.laconic_cycles or 0 for lr in result.report.layers) / len(x_test)
@@ -93,7 +93,8 @@ def quick(images: int = 1000, board: str = "pynq-z2", seed: int = 0) -> dict[str
     return {"suite": "quick", "board": board, "images": images, "seed": seed, "rows": rows}
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_present(values: list[float | None]) -> float | None:
+    """The mean of the values that are there (layers without a dynamic mode report None)."""
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 import dynq
+from dynq.bench import mean_present
 from dynq.contract.array import SDP_G_VALUES
 from dynq.runtime import bitparallel
 from dynq.runtime.energy import ENERGY_PJ
@@ -97,13 +98,8 @@ def _point(model_name: str, family: str, setting: str, report: Report, accuracy:
     return Point(
         model_name, family, setting, accuracy, busy / images, report.energy_uj / images,
         sum(lr.mac_steps for lr in layers) / (rows * cols * busy) if busy else 0.0,
-        _mean([lr.sensitive_share for lr in dynamic]), _mean([lr.kept_share for lr in dynamic]),
+        mean_present([lr.sensitive_share for lr in dynamic]), mean_present([lr.kept_share for lr in dynamic]),
         [lr.cycles / images for lr in layers], [lr.sensitive_share for lr in layers], [lr.name for lr in layers])
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def _accuracy(output: np.ndarray, labels: np.ndarray) -> float:
