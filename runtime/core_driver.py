@@ -23,8 +23,10 @@ from dynq.contract import registers as rg
 from dynq.contract.precision import require_mask
 from dynq.contract.registers import DeviceError
 from dynq.errors import DynqError
+from dynq.runtime import transfers
 from dynq.runtime.artifacts import Build
 from dynq.runtime.emulator import Arena
+from dynq.runtime.transfers import Span
 
 CTRL, STATUS = rg.GLOBAL["CTRL"], rg.GLOBAL["STATUS"]
 BUSY, DONE, ERROR_BIT = STATUS.mask("busy"), STATUS.mask("done"), STATUS.mask("error")
@@ -200,12 +202,16 @@ class CoreDriver(ABC):
         return {name: self.read(rg.counter_offset(layer, name)) for name in rg.COUNTERS}
 
     def run_segment(self, arena: Arena, first: int, count: int, regs: list[PrecisionRegs],
-                    mask: torch.Tensor | None, counters: dict[int, dict[str, int]]) -> None:
+                    mask: torch.Tensor | None, counters: dict[int, dict[str, int]],
+                    keep: list[Span] | None = None) -> None:
         """Same contract as `Emulator.run_segment`: one image of the batch after the other. The core has one
         mask memory, so with one mask per image ([N, MASK_GRID, MASK_GRID]) the mask is rewritten before
-        each image whose mask differs from the previous image's."""
+        each image whose mask differs from the previous image's. `keep` (`transfers.needed_after`) lists
+        the bytes the host needs back: then only the segment's live-in goes in and only its writes inside
+        `keep` come out. Without it the whole arena goes both ways, so the host's arena is the core's."""
         layers = self._segment_layers(first, count)
         self._check_segment(first, count, regs, mask)
+        loads, stores = self._transfers(arena.nbytes, first, count, keep)
         self.write_registers(layers, regs)
         written = None
         for image in range(arena.batch):
@@ -213,13 +219,27 @@ class CoreDriver(ABC):
             if cells is not None and (written is None or not torch.equal(cells, written)):
                 self.write_mask(cells)
                 written = cells
-            self.load(Memory.ARENA, 0, arena.snapshot(image))
+            for lo, hi in loads:
+                self.load(Memory.ARENA, lo, arena.snapshot(image, lo, hi))
             self.run(first, count)
-            arena.restore(image, self.store(Memory.ARENA, 0, arena.nbytes))
+            for lo, hi in stores:
+                start = lo - lo % rg.XFER_ALIGN
+                arena.restore(image, self.store(Memory.ARENA, start, hi - start)[lo - start:], lo)
             for layer in layers:
                 totals = counters.setdefault(layer, {})
                 for name, value in self.read_counters(layer).items():
                     totals[name] = totals.get(name, 0) + value
+
+    def _transfers(self, nbytes: int, first: int, count: int, keep: list[Span] | None) -> tuple[list[Span], list[Span]]:
+        """(arena spans to load, spans to store) around one image's run of the segment: loads widened to whole
+        beats (any byte the host holds is current, so extra ones are harmless), stores exactly the bytes
+        wanted (the host may hold newer bytes next to them)."""
+        if keep is None:
+            return [(0, nbytes)], [(0, nbytes)]
+        live_in, written = transfers.segment_io(self.build.instructions, first, count)
+        clip = [(0, nbytes)]
+        return (transfers.widen(transfers.intersect(live_in, clip), rg.XFER_ALIGN, nbytes),
+                transfers.intersect(transfers.intersect(written, keep), clip))
 
     def _check_segment(self, first: int, count: int, regs: list[PrecisionRegs], mask: torch.Tensor | None) -> None:
         """What the host refuses before the core runs: a DAQ layer without a mask (the mask memory would hold

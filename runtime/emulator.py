@@ -59,15 +59,18 @@ class Arena:
         """Every cached tensor written back into the bytes (exact integers in range: the cast is exact)."""
         self._flush(0, self.nbytes)
 
-    def snapshot(self, image: int) -> bytes:
-        """One image's arena bytes, every cached tensor written back: what a device's arena holds."""
-        self.flush()
-        return self.bytes[image].numpy().tobytes()
+    def snapshot(self, image: int, lo: int = 0, hi: int | None = None) -> bytes:
+        """One image's arena bytes [lo, hi) (default: all), cached tensors written back: what a device's
+        arena must hold there."""
+        hi = self.nbytes if hi is None else hi
+        self._flush(lo, hi)
+        return self.bytes[image, lo:hi].numpy().tobytes()
 
-    def restore(self, image: int, data: bytes) -> None:
-        """Replaces one image's arena bytes with what a device's arena holds after a run."""
-        self.flush()
-        self.bytes[image] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    def restore(self, image: int, data: bytes, lo: int = 0) -> None:
+        """Replaces one image's arena bytes from `lo` with what a device's arena holds there after a run."""
+        hi = lo + len(data)
+        self._flush(lo, hi)
+        self.bytes[image, lo:hi] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def write(self, offset: int, t: torch.Tensor, signed: bool, pc: int) -> None:
         size = t[0].numel()
@@ -112,8 +115,10 @@ class Emulator:
         return Arena(batch, int(self.build.manifest["arena_bytes"]))
 
     def run_segment(self, arena: Arena, first: int, count: int, regs: list[PrecisionRegs],
-                    mask: torch.Tensor | None, counters: dict[int, dict[str, int]]) -> None:
-        """Runs instructions [first, first+count) up to END, adding each layer's counters."""
+                    mask: torch.Tensor | None, counters: dict[int, dict[str, int]],
+                    keep: list[tuple[int, int]] | None = None) -> None:
+        """Runs instructions [first, first+count) up to END, adding each layer's counters. `keep` is for a
+        device's driver (which bytes to bring back); the emulator works in the host's arena itself."""
         program = self.build.instructions
         for pc in range(first, first + count):
             if pc >= len(program):

@@ -21,6 +21,7 @@ from dynq.contract import MASK_GRID, Mode, PrecisionRegs
 from dynq.contract.artifacts import ArtifactError
 from dynq.contract.numerics import quantize
 from dynq.errors import DynqError
+from dynq.runtime import transfers
 from dynq.runtime.artifacts import Build, open_build
 from dynq.runtime.emulator import Arena, Emulator
 from dynq.runtime.energy import layer_energy_uj
@@ -113,6 +114,8 @@ class Model:
         """The persistent region mask (`set_mask`): used by every run that passes no `mask`."""
         self._host: dict[str, ort.InferenceSession] = {}
         self._devices: dict[str, CoreDriver] = {}
+        self._needed_after = transfers.needed_after(build.manifest, build.instructions)
+        """Per schedule step, the arena bytes later steps and the outputs read: all a device returns."""
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -276,9 +279,10 @@ class Model:
         if "offset" in inp:
             q = quantize(x, inp["scale"], inp["lo"], inp["hi"])
             arena.write(inp["offset"], torch.from_numpy(q), inp["signed"], -1)
-        for step in self.build.manifest["schedule"]:
+        keep = [None] * len(self._needed_after) if trace else self._needed_after
+        for step, needed in zip(self.build.manifest["schedule"], keep, strict=True):
             if step["kind"] == "device":
-                device.run_segment(arena, step["first"], step["count"], regs, mask, counters)
+                device.run_segment(arena, step["first"], step["count"], regs, mask, counters, needed)
             else:
                 self._run_host(step, arena, floats, tensors)
         outputs, raw = {}, {}

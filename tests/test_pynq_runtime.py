@@ -60,8 +60,13 @@ def assert_same_rtl_run(got: Result, want: Result) -> None:
             assert getattr(have, field) == getattr(expected, field), (have.name, field)
 
 
+def beats(nbytes: int) -> int:
+    """Bytes on a stream for `nbytes` of data: whole 32-bit beats."""
+    return -(-nbytes // rg.XFER_ALIGN) * rg.XFER_ALIGN
+
+
 def arena_bytes(model: Model) -> int:
-    return -(-int(model.build.manifest["arena_bytes"]) // rg.XFER_ALIGN) * rg.XFER_ALIGN
+    return beats(int(model.build.manifest["arena_bytes"]))
 
 
 @pytest.mark.parametrize("mode", ["int8", "drq", "sdp"])
@@ -69,7 +74,8 @@ def arena_bytes(model: Model) -> int:
 def test_zoo_model_through_pynq_matches_emulator(builds: dict[str, Path], name: str, mode: str) -> None:
     """LeNet-5 (fused pooling, Gemm) and the small ResNet (strided convs, residual Adds, global pooling)
     through pynq.MMIO / allocate / DMA on the simulated board: every tensor and every counter equals the
-    emulator's, and every byte went through the DMA (program and weights once, each arena in and out)."""
+    emulator's, and every byte went through the DMA (program and weights once, each arena in and out).
+    Without `trace` only each image goes in and only the logits come back, with the same results."""
     model = dynq.load(builds[name], mode=mode)
     if mode != "int8":
         assert any(r.mode == Mode[mode.upper()] for r in model.registers), f"the policy kept no layer in {mode}"
@@ -77,14 +83,21 @@ def test_zoo_model_through_pynq_matches_emulator(builds: dict[str, Path], name: 
     try:
         driver = model.open_backend("sim-pynq")
         got = model.run(x, backend="sim-pynq", trace=True)
+        moved, arena = dict(driver.device.dma.moved), model.build.manifest["arena_bytes"]
+        lean = model.run(x, backend="sim-pynq")
     finally:
         model.close()
     want = model.run(x, trace=True)
     assert got.report.backend == "sim-pynq"
     assert_same_run(got, want)
-    moved, arena = driver.device.dma.moved, model.build.manifest["arena_bytes"]
     assert moved["mm2s"] == len(model.build.program) + len(model.build.weights) + len(x) * arena
     assert moved["s2mm"] == len(x) * arena_bytes(model)
+    np.testing.assert_array_equal(lean.raw["logits"], want.raw["logits"])
+    assert [asdict(layer) for layer in lean.report.layers] == [asdict(layer) for layer in want.report.layers]
+    manifest = model.build.manifest
+    logits = next(o for o in manifest["outputs"] if o["name"] == "logits")
+    assert driver.device.dma.moved["mm2s"] - moved["mm2s"] == len(x) * beats(int(np.prod(manifest["input"]["shape"])))
+    assert driver.device.dma.moved["s2mm"] - moved["s2mm"] == len(x) * beats(int(np.prod(logits["shape"])))
 
 
 def test_core_computes_with_what_it_was_sent(builds: dict[str, Path]) -> None:
@@ -220,8 +233,11 @@ def test_dma_error_bit_is_a_clear_error(builds: dict[str, Path], channel: str, b
     finally:
         model.close()
     message = str(err.value)
-    what = "load of" if channel == "mm2s" else "store of"
-    assert f"{what} {model.build.manifest['arena_bytes']} bytes" in message
+    manifest = model.build.manifest  # the first arena transfer: the image in, or the logits out
+    logits = next(o for o in manifest["outputs"] if o["name"] == "logits")
+    what = (f"load of {beats(int(np.prod(manifest['input']['shape'])))} bytes into ARENA" if channel == "mm2s"
+            else f"store of {int(np.prod(logits['shape']))} bytes from ARENA")
+    assert what in message
     assert f"{channel.upper()} channel stopped with {words}" in message
     status = int(re.search(r"DMASR 0x([0-9a-f]{8})", message).group(1), 16)
     assert status & (dma_regs.SR_INT_ERR | dma_regs.SR_SLV_ERR | dma_regs.SR_DEC_ERR) == bit
@@ -349,8 +365,8 @@ def test_persistent_importance_mask(builds: dict[str, Path]) -> None:
             model.set_mask("saliency")
     finally:
         model.close()
-    arena = model.build.manifest["arena_bytes"]
-    assert driver.device.dma.moved["mm2s"] == len(model.build.program) + len(model.build.weights) + 3 * len(x) * arena
+    image = beats(int(np.prod(model.build.manifest["input"]["shape"])))
+    assert driver.device.dma.moved["mm2s"] == len(model.build.program) + len(model.build.weights) + 3 * len(x) * image
 
 
 def test_stream_order_and_cache_coherence_as_on_a_board(builds: dict[str, Path]) -> None:

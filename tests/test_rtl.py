@@ -300,10 +300,10 @@ def test_verify_names_the_first_differing_layer(eltwise_build: Path, monkeypatch
     add = next(i for i in model.build.instructions if i.op == Op.ADD)
     restore = Arena.restore
 
-    def corrupt(arena: Arena, image: int, data: bytes) -> None:
+    def corrupt(arena: Arena, image: int, data: bytes, lo: int = 0) -> None:
         damaged = bytearray(data)
-        damaged[add.dst + 5] ^= 0x01
-        restore(arena, image, bytes(damaged))
+        damaged[add.dst + 5 - lo] ^= 0x01  # verify brings the whole arena back (lo = 0)
+        restore(arena, image, bytes(damaged), lo)
 
     monkeypatch.setattr("dynq.runtime.emulator.Arena.restore", corrupt)
     x = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)

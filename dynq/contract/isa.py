@@ -170,6 +170,30 @@ def pool_padding_error(kh: int, kw: int, pt: int, pl: int, pb: int, pr: int) -> 
     return None
 
 
+def arena_reads(ins: Instr) -> tuple[tuple[int, int], ...]:
+    """The arena bytes [lo, hi) an instruction reads: src0 (and src1 of an ADD), one image's input tensor
+    each. A host that keeps a copy of the arena moves exactly these in before a segment needs them."""
+    if ins.op not in (Op.CONV, Op.POOL, Op.ADD, Op.MOVE):
+        return ()
+    size = ins.cin * ins.ih * ins.iw
+    sources = (ins.src0, ins.src1) if ins.op == Op.ADD else (ins.src0,)
+    return tuple((src, src + size) for src in sources)
+
+
+def arena_write(ins: Instr) -> tuple[int, int] | None:
+    """The arena bytes [lo, hi) an instruction writes (None for NOP and END): a CONV's output, halved on
+    both axes by a fused pooling (`aux=1`); a POOL's `[cout, oh, ow]`; an ADD's or MOVE's, its input's size."""
+    if ins.op == Op.CONV:
+        size = ins.cout * (ins.oh // 2) * (ins.ow // 2) if ins.aux == 1 else ins.cout * ins.oh * ins.ow
+    elif ins.op == Op.POOL:
+        size = ins.cout * ins.oh * ins.ow
+    elif ins.op in (Op.ADD, Op.MOVE):
+        size = ins.cin * ins.ih * ins.iw
+    else:
+        return None
+    return ins.dst, ins.dst + size
+
+
 class EncodeError(ValueError):
     """A field value does not fit its width: the layer cannot be expressed in this ISA."""
 
