@@ -18,7 +18,7 @@ from dynq import boards
 from dynq.compiler import calibrate, passes, policy
 from dynq.compiler.graph import CompileError, Graph, Node, import_model, load
 from dynq.compiler.lower import DEVICE_OPS, HostPartition, Lowered, Lowerer
-from dynq.contract import CONTRACT_VERSION, Instr, Mode, Op, PrecisionRegs, decode_program
+from dynq.contract import CONTRACT_VERSION, INSTR_BYTES, Instr, Mode, Op, PrecisionRegs, decode_program
 from dynq.contract.array import predictor_limits, window_limits
 from dynq.contract.artifacts import (
     FORMAT_VERSION,
@@ -55,8 +55,10 @@ class CompileResult:
 
 def compile_model(model_path: Path, board: str, out_dir: Path, calib: np.ndarray | None = None,
                   mode: str = "int8", policy_data: dict[str, Any] | None = None,
-                  calib_method: str = "minmax") -> CompileResult:
-    """Compiles an fp32 (with calibration data) or QDQ ONNX model for `board` into `out_dir`."""
+                  calib_method: str = "minmax", emulator_only: bool = False) -> CompileResult:
+    """Compiles an fp32 (with calibration data) or QDQ ONNX model for `board` into `out_dir`. A model whose
+    program, weights or arena the board's core cannot hold is refused, unless `emulator_only` (studies of
+    models larger than a board; every device backend then refuses the build when it opens)."""
     start = time.perf_counter()
     if mode not in policy.MODES:
         raise CompileError(f"unknown mode {mode!r}; use one of {', '.join(policy.MODES)}")
@@ -78,9 +80,25 @@ def compile_model(model_path: Path, board: str, out_dir: Path, calib: np.ndarray
     placements = _lower(g, low, ranges, source)
     lowered = Lowered(low.tensors, low.layers, low.segments, low.weights, low.arena, g.inputs[0],
                       list(g.outputs))
+    if not emulator_only:
+        _check_fits(lowered, spec, source)
     presets = _presets(lowered, samples, policy_data or {}, spec.arch)
     _write(out_dir, g, lowered, presets, spec, mode, placements)
     return CompileResult(out_dir, placements, len(lowered.layers), time.perf_counter() - start)
+
+
+def _check_fits(lowered: Lowered, spec: boards.Board, source: str) -> None:
+    """Refuses a build that the core's on-chip memories cannot hold, before anything is written: found
+    here, it names the memory; found on a board, only when a run starts."""
+    instructions = sum(len(seg) for seg in lowered.segments if isinstance(seg, list))
+    needs = {"instruction memory (IMEM)": (instructions * INSTR_BYTES, spec.arch.imem_bytes),
+             "weight memory (WMEM)": (len(lowered.weights), spec.arch.wmem_bytes),
+             "activation arena (AMEM)": (lowered.arena_bytes, spec.arch.amem_bytes)}
+    over = [f"{what} {need:,} bytes, the core has {have:,}" for what, (need, have) in needs.items() if need > have]
+    if over:
+        raise CompileError(f"{source} does not fit the {spec.name} core: it needs {'; '.join(over)}. Compile for a "
+                           "board with larger memories (see `dynq boards`) or a smaller input, or pass "
+                           "--emulator-only to build it for the emulator alone")
 
 
 def _check_calib(calib: np.ndarray, g: Graph, source: str) -> np.ndarray:

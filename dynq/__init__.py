@@ -17,11 +17,12 @@ import numpy as np
 
 
 def compile(model: str | Path, board: str, out_dir: str | Path, calib: np.ndarray | None = None,  # noqa: A001
-            mode: str = "int8", policy: dict[str, Any] | None = None, calib_method: str = "minmax"):
+            mode: str = "int8", policy: dict[str, Any] | None = None, calib_method: str = "minmax",
+            emulator_only: bool = False):
     """Compiles an ONNX model for `board` into `out_dir`; see `dynq compile --help`."""
     from dynq.compiler.build import compile_model
 
-    return compile_model(Path(model), board, Path(out_dir), calib, mode, policy, calib_method)
+    return compile_model(Path(model), board, Path(out_dir), calib, mode, policy, calib_method, emulator_only)
 
 
 def load(build_dir: str | Path, board: str | None = None, mode: str | None = None):

@@ -162,7 +162,7 @@ def _compile(calib: Trace, lfw: dict[str, np.ndarray], board: str, out: Path, se
     for key, net, kind, data in jobs:
         progress(f"compiling {key}")
         onnx_path = export_onnx(net, kind, data.shape[2], data.shape[3], out / f"{key}.onnx")
-        dynq.compile(onnx_path, board, out / key, calib=data)
+        dynq.compile(onnx_path, board, out / key, calib=data, emulator_only=True)  # PNet's big levels, ONet's weights
         models[key] = dynq.load(out / key)
     return models
 

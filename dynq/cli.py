@@ -58,9 +58,12 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--policy", type=click.Path(path_type=Path), help="Precision policy file (.json or .toml).")
 @click.option("--set", "overrides", multiple=True, metavar="PATTERN:KEY=VAL[,KEY=VAL]",
               help="Per-layer policy override, e.g. '/c2/*:mode=sdp,k=6'. Repeatable.")
+@click.option("--emulator-only", is_flag=True,
+              help="Build a model larger than the board's on-chip memories, for the emulator alone (device "
+                   "backends refuse it); without it such a model is an error that names the memory.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Build directory.")
 def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, mode: str, policy: Path | None,
-                overrides: tuple[str, ...], out_dir: Path) -> None:
+                overrides: tuple[str, ...], emulator_only: bool, out_dir: Path) -> None:
     """Compile MODEL (fp32 ONNX + --calib, or a QDQ ONNX) into program.bin, weights.bin and manifest.json."""
     from dynq.compiler import policy as pol
     from dynq.compiler.build import compile_model
@@ -71,7 +74,7 @@ def compile_cmd(model: Path, board: str, calib: Path | None, calib_method: str, 
         policy_data.setdefault("layers", {}).update(pol.parse_set(list(overrides)))
     calib_data = load_array(calib, "calibration data", naming="save the calibration images alone in a .npy") \
         if calib else None
-    result = compile_model(model, board, out_dir, calib_data, mode, policy_data, calib_method)
+    result = compile_model(model, board, out_dir, calib_data, mode, policy_data, calib_method, emulator_only)
     host = [p for p in result.placements if p.where == "host"]
     device = [p for p in result.placements if p.where == "device"]
     click.echo(f"compiled {model} for {board}: {len(device)} nodes on the overlay ({result.layers} layers), "

@@ -251,6 +251,30 @@ def test_percentile_calibration(ops_model: Path, calib_file: Path, tmp_path: Pat
     assert any(scales[n] < reference[n] for n in scales)
 
 
+def test_model_larger_than_the_board_is_refused_at_compile_time(tmp_path: Path) -> None:
+    """A 3x128x128 input and a 16-channel 1x1 convolution need 49,152 + 262,144 bytes of arena, more than
+    pynq-z2's 131,072 (its board file): compile names the memory and writes nothing. --emulator-only builds
+    it; the emulator runs it and the simulated board refuses it before anything is written to it."""
+    from torch import nn
+
+    from tests.conftest import export
+
+    onnx_file = export(nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU()), tmp_path / "big.onnx", (3, 128, 128))
+    np.save(tmp_path / "c.npy", images(2, (3, 128, 128)))
+    out = tmp_path / "b"
+    proc = dynq_cli("compile", onnx_file, "--calib", tmp_path / "c.npy", "-o", out)
+    assert_one_line_error(proc, "does not fit the pynq-z2 core", "activation arena (AMEM)", "the core has 131,072",
+                          "--emulator-only")
+    assert not out.exists()
+    assert dynq_cli("compile", onnx_file, "--calib", tmp_path / "c.npy", "--emulator-only", "-o", out).returncode == 0
+    assert dynq.load(out).build.manifest["arena_bytes"] >= 49_152 + 262_144
+    proc = dynq_cli("run", out, "--input", tmp_path / "c.npy", "--output", tmp_path / "y.npy")
+    assert proc.returncode == 0, proc.stderr
+    proc = dynq_cli("run", out, "--input", tmp_path / "c.npy", "--backend", "sim-pynq", "--output", tmp_path / "z.npy")
+    assert_one_line_error(proc, "bytes of AMEM", "the pynq-z2 core has 131072")
+    assert not (tmp_path / "z.npy").exists()
+
+
 def test_drq_over_a_wide_input(tmp_path: Path) -> None:
     """The region predictor keeps sums for inputs at most REGION_ROW_TILES * rows wide: the compiler runs a
     wider layer in int8 with zero-part skipping, or, when the policy insists on DRQ, says why it cannot."""
