@@ -100,6 +100,41 @@ def test_zoo_model_through_pynq_matches_emulator(builds: dict[str, Path], name: 
     assert driver.device.dma.moved["s2mm"] - moved["s2mm"] == len(x) * beats(int(np.prod(logits["shape"])))
 
 
+def test_host_partitions_between_segments_move_only_their_tensors(tmp_path: Path) -> None:
+    """Conv, Erf (host), Conv, Erf (host), 1x1 Conv on 1x12x12 inputs: three device segments around two host
+    partitions. Per image the DMA carries, counted by hand, the 144-byte input and the two 576-byte Erf
+    results in, and the two 576-byte ReLU results and the 288-byte output back; outputs equal the
+    emulator's, and `verify` (whole arenas) agrees."""
+    import torch
+    from torch import nn
+
+    from tests.conftest import export
+
+    class Erf(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.erf(x)
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), Erf(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        Erf(), nn.Conv2d(4, 2, 1))
+    x = np.random.default_rng(0).random((5, 1, 12, 12), dtype=np.float32)
+    dynq.compile(export(net, tmp_path / "erf.onnx", (1, 12, 12)), BOARD, tmp_path / "b", calib=x)
+    model = dynq.load(tmp_path / "b")
+    assert [s["kind"] for s in model.build.manifest["schedule"]] == ["device", "host"] * 2 + ["device"]
+    try:
+        driver = model.open_backend("sim-pynq")
+        before = dict(driver.device.dma.moved)
+        got = model.run(x, backend="sim-pynq")
+        moved = {k: v - before[k] for k, v in driver.device.dma.moved.items()}
+        verified = model.run(x, backend="sim-pynq", verify=True)
+    finally:
+        model.close()
+    want = model.run(x)
+    assert moved == {"mm2s": len(x) * (144 + 576 + 576), "s2mm": len(x) * (576 + 576 + 288)}
+    for name, value in want.outputs.items():
+        np.testing.assert_array_equal(got.outputs[name], value)
+        np.testing.assert_array_equal(verified.outputs[name], value)
+
+
 def test_core_computes_with_what_it_was_sent(builds: dict[str, Path]) -> None:
     """The simulated core runs the weights in its own memory, not the build file's: a weight image rewritten
     through the stream changes the outputs, the original sent again restores them."""
