@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -71,16 +72,17 @@ def normalized(verilog_text: str) -> str:
 
 def sources_key(board_name: str) -> str:
     """Hash of everything the converted Verilog depends on: the core's `dynq.hdl` modules, `dynq.contract`,
-    `dynq.errors`, the board loader and board file, and the MyHDL version."""
+    `dynq.errors`, the board loader, the board's architecture table and the MyHDL version. The core reads
+    only the architecture, so boards with the same one (pynq-z1, pynq-z2) share a conversion."""
     import dynq.contract
     import dynq.errors
     from dynq import boards
 
-    board_dir = Path(boards.__file__).resolve().parent
-    files = [Path(dynq.errors.__file__).resolve(), board_dir / "__init__.py", board_dir / f"{board_name}.toml"]
+    arch = json.dumps(load(board_name).arch.as_dict(), sort_keys=True)
+    files = [Path(dynq.errors.__file__).resolve(), Path(boards.__file__).resolve()]
     files += sorted(Path(dynq.contract.__file__).resolve().parent.glob("*.py"))
     files += sorted(p for p in HERE.glob("*.py") if p.name not in _NOT_CORE)
-    h = hashlib.sha256(f"{board_name}\0{metadata.version('myhdl')}\0".encode())
+    h = hashlib.sha256(f"{arch}\0{metadata.version('myhdl')}\0".encode())
     for p in files:
         h.update(f"{p.parent.name}/{p.name}\0".encode())
         h.update(p.read_bytes())
