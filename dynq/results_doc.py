@@ -163,8 +163,8 @@ def _faces(mtcnn: dict[str, Any] | None) -> list[str]:
     header = list(rows[0])
     lines = ["## MTCNN face detector (trained weights, real photographs)", "", mtcnn["description"], "",
              "These runs are the emulator's only: the largest PNet level's activations and ONet's weights exceed "
-             "the pynq-z2 core's on-chip memories, which the simulated board refuses (the compiler does not yet "
-             "check a build against the board's memory sizes).", ""]
+             "the pynq-z2 core's on-chip memories, so `dynq compile` refuses those nets for the board and the "
+             "bench builds them with `--emulator-only`.", ""]
     return lines + _table(header, [[_cell(r[k]) for k in header] for r in rows]) + [""]
 
 
@@ -172,7 +172,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return _n(value, "{:.3f}")
+        return _n(value, "{:,.0f}" if abs(value) >= 1000 else "{:.3f}")  # cycle and energy totals: whole numbers
     return str(value)
 
 
