@@ -21,6 +21,7 @@ from dynq.contract.registers import DeviceError
 from dynq.runtime import laconic
 from dynq.runtime.artifacts import Build
 from dynq.runtime.exactconv import ExactConv
+from dynq.runtime.transfers import Span
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Emulator:
 
     def run_segment(self, arena: Arena, first: int, count: int, regs: list[PrecisionRegs],
                     mask: torch.Tensor | None, counters: dict[int, dict[str, int]],
-                    keep: list[tuple[int, int]] | None = None) -> None:
+                    keep: list[Span] | None = None) -> None:
         """Runs instructions [first, first+count) up to END, adding each layer's counters. `keep` is for a
         device's driver (which bytes to bring back); the emulator works in the host's arena itself."""
         program = self.build.instructions

@@ -21,11 +21,11 @@ from dynq.contract.isa import arena_reads, arena_write
 Span = tuple[int, int]
 
 
-def merge(spans: Iterable[Span], gap: int = 0) -> list[Span]:
-    """Sorted, disjoint spans covering `spans`; spans less than `gap` bytes apart become one."""
+def merge(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, disjoint spans covering `spans` (touching ones become one)."""
     out: list[Span] = []
     for lo, hi in sorted(s for s in spans if s[1] > s[0]):
-        if out and lo <= out[-1][1] + gap:
+        if out and lo <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], hi))
         else:
             out.append((lo, hi))

@@ -24,7 +24,6 @@ PROGRAM = [CONV, ADD, END, MOVE, END]
 
 def test_span_arithmetic_hand_values() -> None:
     assert merge([(8, 12), (0, 4), (4, 6), (20, 20)]) == [(0, 6), (8, 12)]
-    assert merge([(0, 4), (6, 8)], gap=2) == [(0, 8)]
     assert subtract([(0, 10)], [(2, 4), (6, 7)]) == [(0, 2), (4, 6), (7, 10)]
     assert subtract([(0, 10)], [(0, 10)]) == []
     assert intersect([(0, 10), (20, 30)], [(5, 25)]) == [(5, 10), (20, 25)]
