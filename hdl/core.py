@@ -82,6 +82,20 @@ def ports(board: Board) -> dict[str, Signal]:
 
 
 @block
+def counter_sum(new, bank, acc, out):
+    """One counter's write data: the instruction's value, plus the bank's when a batch start accumulates."""
+
+    @always_comb
+    def add():
+        if acc:
+            out.next = new + bank
+        else:
+            out.next = new
+
+    return add
+
+
+@block
 def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_awready, s_axil_wdata, s_axil_wstrb,
               s_axil_wvalid, s_axil_wready, s_axil_bresp, s_axil_bvalid, s_axil_bready, s_axil_araddr,
               s_axil_arvalid, s_axil_arready, s_axil_rdata, s_axil_rresp, s_axil_rvalid, s_axil_rready,
@@ -111,6 +125,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     off_xmem, off_xaddr, off_xbytes = (rg.GLOBAL[n].offset for n in ("XFER_MEM", "XFER_ADDR", "XFER_BYTES"))
     off_imem, off_wmem, off_amem = (rg.GLOBAL[n].offset for n in ("IMEM_BYTES", "WMEM_BYTES", "AMEM_BYTES"))
     off_pc, off_cycles = rg.GLOBAL["PC"].offset, rg.GLOBAL["CYCLES"].offset
+    off_batch, off_in_addr, off_in_bytes, off_out_addr, off_out_bytes, off_image = (
+        rg.GLOBAL[n].offset for n in ("BATCH", "IN_ADDR", "IN_BYTES", "OUT_ADDR", "OUT_BYTES", "IMAGE"))
     b_start, b_reset, b_load, b_store = (rg.GLOBAL["CTRL"].field(n).lsb for n in ("start", "reset", "load", "store"))
     id_magic, contract_version, fingerprint = rg.ID_MAGIC, CONTRACT_VERSION, board.arch.fingerprint
     imem_bytes, wmem_bytes, amem_bytes = arch.imem_bytes, arch.wmem_bytes, arch.amem_bytes
@@ -157,6 +173,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
 
     instr_first, instr_count = word(), word()
     xfer_mem, xfer_addr, xfer_bytes = word(), word(), word()
+    batch, in_addr, in_bytes, out_addr, out_bytes = word(), word(), word(), word(), word()
+    b_image = word()  # images of the batch start whose output has been sent
     start, soft_reset, load_go, store_go = (Signal(bool(0)) for _ in range(4))
     done, busy, error, xfer_busy, xfer_done = (Signal(bool(0)) for _ in range(5))
     error_code, error_pc, pc, cycles = word(), word(), word(), word()
@@ -181,7 +199,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     # counter banks: one RAM per counter, written by the core at the end of each instruction
     cnt_we = Signal(bool(0))
     cnt_wa, cnt_ra = Signal(intbv(0)[lw:]), Signal(intbv(0)[lw:])
-    cnt_in = Signal(intbv(0)[32 * n_counters:])
+    cnt_new = Signal(intbv(0)[32 * n_counters:])  # an instruction's counters, registered with cnt_we
+    cnt_sum = [Signal(modbv(0)[32:]) for _ in range(n_counters)]  # what the bank is written with
+    cnt_acc = Signal(bool(0))  # a batch start past its first image: add to the bank instead of replacing it
     cnt_out = [word() for _ in range(n_counters)]
     cnt_out_all = ConcatSignal(*reversed(cnt_out))
     cnt_sel = Signal(intbv(0)[log2(rg.COUNTER_STRIDE // 4):])
@@ -191,7 +211,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     for i in range(n_prec):
         insts.append(ram(clk, prec_we(i), prec_wa, wr_data, prec_ra_bus, prec_bus[i], rg.MAX_LAYERS))
     for i in range(n_counters):
-        insts.append(ram(clk, cnt_we, cnt_wa, cnt_in(32 * i + 32, 32 * i), cnt_ra, cnt_out[i], rg.MAX_LAYERS))
+        insts.append(ram(clk, cnt_we, cnt_wa, cnt_sum[i], cnt_ra, cnt_out[i], rg.MAX_LAYERS))
+        insts.append(counter_sum(cnt_new(32 * i + 32, 32 * i), cnt_out[i], cnt_acc, cnt_sum[i]))
 
     @always_comb
     def reset_logic():
@@ -201,7 +222,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     def bus_decode():
         prec_wa.next = wr_addr[lw + prec_shift:prec_shift]
         prec_ra_bus.next = rd_addr[lw + prec_shift:prec_shift]
-        cnt_ra.next = rd_addr[lw + cnt_shift:cnt_shift]
         if wr_en and wr_addr >= prec_lo and wr_addr < prec_hi:
             prec_we.next = 1 << wr_addr[prec_shift:2]
         else:
@@ -219,6 +239,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             xfer_mem.next = 0
             xfer_addr.next = 0
             xfer_bytes.next = 0
+            batch.next = 0
+            in_addr.next = 0
+            in_bytes.next = 0
+            out_addr.next = 0
+            out_bytes.next = 0
         elif wr_en:
             if wr_addr == off_ctrl:
                 start.next = wr_data[b_start]
@@ -235,6 +260,16 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 xfer_addr.next = wr_data
             elif wr_addr == off_xbytes:
                 xfer_bytes.next = wr_data
+            elif wr_addr == off_batch:
+                batch.next = wr_data
+            elif wr_addr == off_in_addr:
+                in_addr.next = wr_data
+            elif wr_addr == off_in_bytes:
+                in_bytes.next = wr_data
+            elif wr_addr == off_out_addr:
+                out_addr.next = wr_data
+            elif wr_addr == off_out_bytes:
+                out_bytes.next = wr_data
 
     @always(clk.posedge)
     def mask_write():
@@ -283,6 +318,18 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             global_q.next = pc
         elif rd_addr == off_cycles:
             global_q.next = cycles
+        elif rd_addr == off_batch:
+            global_q.next = batch
+        elif rd_addr == off_in_addr:
+            global_q.next = in_addr
+        elif rd_addr == off_in_bytes:
+            global_q.next = in_bytes
+        elif rd_addr == off_out_addr:
+            global_q.next = out_addr
+        elif rd_addr == off_out_bytes:
+            global_q.next = out_bytes
+        elif rd_addr == off_image:
+            global_q.next = b_image
         else:
             global_q.next = 0
         if rd_addr >= mask_lo and rd_addr < mask_hi:
@@ -342,6 +389,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     x_err = Signal(bool(0))
     x_beat = Signal(bool(0))
     x_ptr_q = word()
+    x_tlast = Signal(bool(0))  # this transfer ends its packet: TLAST expected (load) or sent (store)
+    b_in_go, b_out_go = Signal(bool(0)), Signal(bool(0))  # the sequencer asks for a batch image's load or store
+    b_last = Signal(bool(0))  # the batch image in flight is the last
 
     @always_comb
     def beat_mask():
@@ -360,7 +410,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             m_axis_tdata.next = x_word
         else:
             m_axis_tdata.next = x_word & ((1 << (8 * x_left[beat_bits:])) - 1)
-        m_axis_tlast.next = x_state == x_state_t.SEND and x_left <= beat
+        m_axis_tlast.next = x_state == x_state_t.SEND and x_left <= beat and x_tlast
         words = x_ptr >> beat_bits
         im_wa.next = words >> 1
         im_wd.next = s_axis_tdata
@@ -416,6 +466,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 x_mem.next = xfer_mem[2:]
                 x_ptr.next = xfer_addr
                 x_left.next = xfer_bytes
+                x_tlast.next = 1
                 xfer_done.next = 0
                 x_err.next = 0
                 if xfer_addr[beat_bits:] != 0 or xfer_bytes == 0 or size == 0 or xfer_addr + xfer_bytes > size:
@@ -429,14 +480,33 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 else:
                     xfer_busy.next = 1
                     x_state.next = x_state_t.READ
+            elif b_in_go or b_out_go:
+                # a batch image: spans checked at the start, packets that span the whole batch
+                x_mem.next = m_arena
+                x_tlast.next = b_last
+                xfer_done.next = 0
+                x_err.next = 0
+                xfer_busy.next = 1
+                if b_in_go:
+                    x_ptr.next = in_addr
+                    x_left.next = in_bytes
+                    x_state.next = x_state_t.LOAD
+                else:
+                    x_ptr.next = out_addr
+                    x_left.next = out_bytes
+                    x_state.next = x_state_t.READ
         elif x_state == x_state_t.LOAD:
             if s_axis_tvalid:
                 x_ptr.next = x_ptr + beat
                 if x_left <= beat:
                     x_left.next = 0
-                    if s_axis_tlast:
+                    if s_axis_tlast == x_tlast:
                         xfer_busy.next = 0
                         xfer_done.next = 1
+                        x_state.next = x_state_t.IDLE
+                    elif s_axis_tlast:  # the packet ended before the batch's last image
+                        x_err.next = 1
+                        xfer_busy.next = 0
                         x_state.next = x_state_t.IDLE
                     else:
                         x_err.next = 1
@@ -486,8 +556,19 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         "busy_cycles", "stall_cycles", "compute_cycles", "mac_steps", "sensitive_regions", "total_regions"))
 
     # ---- sequencer ----------------------------------------------------------------------------------------
-    s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "CONV", "WRITEBACK")
+    s_t = enum("IDLE", "FETCH", "EXEC", "DRAIN", "CONV", "WRITEBACK", "B_IN", "B_IN_WAIT", "B_OUT", "B_OUT_WAIT")
     state = Signal(s_t.IDLE)
+    batch_n = word()  # BATCH as it was at the start
+    batch_run = Signal(bool(0))  # the start runs a batch
+
+    @always_comb
+    def batch_flags():
+        b_in_go.next = state == s_t.B_IN
+        b_out_go.next = state == s_t.B_OUT
+        b_last.next = b_image + 1 == batch_n
+        cnt_acc.next = b_image != 0
+
+    insts.append(batch_flags)
     instr = Signal(intbv(0)[64 * (FETCH_PAIRS - 1):])
     # pairs shift in from the top: in the last fetch cycle `fetched` holds the whole instruction
     fetched = Signal(intbv(0)[64 * FETCH_PAIRS:])
@@ -619,7 +700,6 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             pc.next = 0
         elif state == s_t.IDLE:
             if start and not xfer_busy:
-                busy.next = 1
                 done.next = 0
                 error.next = 0
                 error_code.next = e_ok
@@ -627,7 +707,45 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 seg_end.next = instr_first + instr_count
                 cycles.next = 0
                 cyc.next = 0
-                state.next = s_t.FETCH
+                b_image.next = 0
+                batch_n.next = batch
+                batch_run.next = batch != 0
+                if batch == 0:
+                    busy.next = 1
+                    state.next = s_t.FETCH
+                elif (in_addr[beat_bits:] != 0 or in_bytes[beat_bits:] != 0 or in_bytes == 0
+                      or in_bytes > amem_bytes or in_addr + in_bytes > amem_bytes
+                      or out_addr[beat_bits:] != 0 or out_bytes[beat_bits:] != 0 or out_bytes == 0
+                      or out_bytes > amem_bytes or out_addr + out_bytes > amem_bytes):
+                    error.next = 1
+                    error_code.next = e_xfer
+                    error_pc.next = instr_first
+                else:
+                    busy.next = 1
+                    state.next = s_t.B_IN
+        elif state == s_t.B_IN:
+            state.next = s_t.B_IN_WAIT  # the transfer engine takes the request at this edge
+        elif state == s_t.B_IN_WAIT:
+            if not xfer_busy:
+                if x_err:
+                    busy.next = 0
+                    error_pc.next = pc
+                    state.next = s_t.IDLE
+                else:
+                    pc.next = instr_first
+                    cyc.next = 0
+                    state.next = s_t.FETCH
+        elif state == s_t.B_OUT:
+            state.next = s_t.B_OUT_WAIT
+        elif state == s_t.B_OUT_WAIT:
+            if not xfer_busy:
+                b_image.next = b_image + 1
+                if b_last:
+                    busy.next = 0
+                    done.next = 1
+                    state.next = s_t.IDLE
+                else:
+                    state.next = s_t.B_IN
         elif state == s_t.FETCH:
             cycles.next = cycles + 1
             cyc.next = cyc + 1
@@ -661,9 +779,12 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 left.next = in_size
                 second.next = 0
                 if opc == op_end:
-                    busy.next = 0
-                    done.next = 1
-                    state.next = s_t.IDLE
+                    if batch_run:
+                        state.next = s_t.B_OUT
+                    else:
+                        busy.next = 0
+                        done.next = 1
+                        state.next = s_t.IDLE
                 elif opc == op_nop:
                     pc.next = pc + 1
                     cyc.next = 0
@@ -706,7 +827,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 bank_words[32 * i_steps + 32:32 * i_steps] = c_steps
                 bank_words[32 * i_sensitive + 32:32 * i_sensitive] = c_sensitive
                 bank_words[32 * i_regions + 32:32 * i_regions] = c_regions
-                cnt_in.next = bank_words
+                cnt_new.next = bank_words
                 state.next = s_t.WRITEBACK
         elif state == s_t.EXEC:
             cycles.next = cycles + 1
@@ -731,7 +852,7 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
             if n_elems == 0 or (t_valid[pipe - 1] and t_last[pipe - 1]):
                 cnt_we.next = 1
                 cnt_wa.next = layer
-                cnt_in.next = cyc + 1
+                cnt_new.next = cyc + 1
                 state.next = s_t.WRITEBACK
         elif state == s_t.WRITEBACK:
             cycles.next = cycles + 1
@@ -802,6 +923,16 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     f_aux, f_cout, f_groups, f_oh, f_ow = fields["aux"], fields["cout"], fields["groups"], fields["oh"], fields["ow"]
     f_kh, f_kw, f_sw, f_dh, f_dw = fields["kh"], fields["kw"], fields["sw"], fields["dh"], fields["dw"]
     f_pt, f_pl, f_pb, f_pr, f_param = fields["pt"], fields["pl"], fields["pb"], fields["pr"], fields["param"]
+
+    @always_comb
+    def counter_port():
+        # a run reads the bank of the instruction's layer (to add to it); the host reads between runs
+        if busy:
+            cnt_ra.next = layer_q
+        else:
+            cnt_ra.next = rd_addr[lw + cnt_shift:cnt_shift]
+
+    insts.append(counter_port)
 
     @always(clk.posedge)
     def layer_of_instruction():

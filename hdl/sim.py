@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -74,6 +75,34 @@ class PollTimeout(RtlSimError):
     def __init__(self, message: str, cycles: int):
         super().__init__(message)
         self.cycles = cycles
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What a full-duplex stream command moved: input beats taken, output beats (word, TLAST), and how it
+    ended: "ok" (everything moved), "stopped" (the core raised irq and moved nothing more) or "stalled"."""
+
+    sent: int
+    received: list[tuple[int, bool]]
+    state: str
+
+
+def received_packet(beats: list[tuple[int, bool]], what: str) -> bytes:
+    """The bytes of one output packet's beats; TLAST must be on the last beat only."""
+    lasts = [i for i, (_, last) in enumerate(beats) if last]
+    if lasts != [len(beats) - 1]:
+        raise RtlSimError(f"{what}: the output stream of {len(beats)} beats had TLAST on beats {lasts}, expected "
+                          f"only on {len(beats) - 1}")
+    return b"".join(w.to_bytes(BEAT, "little") for w, _ in beats)
+
+
+def _words(data: bytes) -> list[int]:
+    """`data` as little-endian stream beats, the last padded with zeros."""
+    data = bytes(data)
+    if not data:
+        raise ValueError("a stream packet needs at least one byte")
+    data += bytes(-len(data) % BEAT)
+    return [int.from_bytes(data[i:i + BEAT], "little") for i in range(0, len(data), BEAT)]
 
 
 # ---- registers -------------------------------------------------------------------------------------------
@@ -289,12 +318,23 @@ class RtlSim:
     def send(self, data: bytes) -> None:
         """`data` as little-endian beats of BEAT bytes on the input stream (the last padded with zeros), TLAST on the
         last beat."""
-        data = bytes(data)
-        if not data:
-            raise ValueError("send needs at least one byte")
-        data += bytes(-len(data) % BEAT)
-        words = [int.from_bytes(data[i:i + BEAT], "little") for i in range(0, len(data), BEAT)]
+        words = _words(data)
         self._send(f"S {len(words):x}\n" + "".join(f"{w:0{2 * BEAT}x}\n" for w in words))
+
+    def exchange(self, data: bytes, beats: int, timeout: float | None = None) -> Exchange:
+        """`data` on the input stream (TLAST on its last beat) while `beats` beats are taken from the output
+        stream in the same cycles, as a DMA with both channels running does: how a batch start streams.
+        It ends early when the core stops (irq) or no beat moves for the testbench's handshake limit. A batch
+        runs inside this one command: `timeout` (seconds, default the simulator's) bounds its answer."""
+        words = _words(data)
+        self._send(f"X {len(words):x} {beats:x}\n" + "".join(f"{w:0{2 * BEAT}x}\n" for w in words))
+        what = f"streaming {len(words)} beats in and {beats} out"
+        sent, got, state = self._expect("X", what, timeout)
+        out = []
+        for i in range(int(got, 16)):
+            word, last = self._expect("G", f"{what}: beat {i}")
+            out.append((int(word, 16), last == "1"))
+        return Exchange(int(sent, 16), out, state)
 
     def receive_beats(self, beats: int) -> list[tuple[int, bool]]:
         """`beats` beats from the output stream: (word, TLAST) each."""
@@ -307,12 +347,7 @@ class RtlSim:
 
     def receive(self, nbytes: int) -> bytes:
         """`nbytes` bytes from the output stream (ceil(nbytes/BEAT) beats); TLAST must be on the last beat only."""
-        beats = self.receive_beats(-(-nbytes // BEAT))
-        lasts = [i for i, (_, last) in enumerate(beats) if last]
-        if lasts != [len(beats) - 1]:
-            raise RtlSimError(f"output stream of {len(beats)} beats had TLAST on beats {lasts}, expected only on "
-                              f"{len(beats) - 1}")
-        return b"".join(w.to_bytes(BEAT, "little") for w, _ in beats)[:nbytes]
+        return received_packet(self.receive_beats(-(-nbytes // BEAT)), f"receiving {nbytes} bytes")[:nbytes]
 
     def poll(self, addr: int, mask: int, value: int, max_cycles: int) -> int:
         """Reads `addr` until (data & mask) == value; returns the cycles it took. Raises PollTimeout after
@@ -380,7 +415,8 @@ class RtlSim:
     def run_segment(self, first: int, count: int, max_cycles: int = 10_000_000) -> int:
         """Runs `count` instructions from index `first` until END; returns the CYCLES register (cycles of the
         run). Raises DeviceError with the ERROR code and ERROR_PC if the core stops on an error, PollTimeout
-        if it is still busy after `max_cycles`."""
+        if it is still busy after `max_cycles`. BATCH is set to 0: the run works on the arena as it is."""
+        self.write(reg("BATCH"), 0)
         self.write(reg("INSTR_FIRST"), first)
         self.write(reg("INSTR_COUNT"), count)
         self.write(reg("CTRL"), bit("CTRL", "start"))

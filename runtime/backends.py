@@ -9,7 +9,7 @@
 - `remote:HOST[:PORT]`: the same driver on pynq's PYNQ.remote client, reaching a board's PYNQ.remote server
   or the virtual board of `dynq vboard serve` (port 7967 unless given).
 
-Each is a `CoreDriver`: the same register protocol, one image per start.
+Each is a `CoreDriver`: the same register protocol, a batch of images per start.
 """
 
 from __future__ import annotations

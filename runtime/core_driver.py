@@ -1,10 +1,11 @@
 """The host side of the core's register protocol, written once for every way of reaching the core.
 
-A run (docs/overlay.md): write the precision and mask registers, load the image into the arena over the
-input stream, write INSTR_FIRST and INSTR_COUNT, set CTRL.start, wait for STATUS.busy to drop (bounded), read
-STATUS and the error registers, read the layer counters, store the arena over the output stream. Before the
-first run the driver checks the core (ID, FINGERPRINT, memory sizes) with reads only, then loads the
-program and the weight image once.
+A run (docs/overlay.md): write the precision and mask registers, then for each batch of images that share
+a mask write BATCH, the input and output spans and the segment, set CTRL.start, and stream the images'
+inputs in and their outputs out in one packet each way, both channels at once (the core takes an image,
+runs it, sends its output, takes the next); then wait for STATUS.busy to drop (bounded), read STATUS and the
+error registers, and read the layer counters, summed over the batch. Before the first run the driver checks
+the core (ID, FINGERPRINT, memory sizes) with reads only, then loads the program and the weight image once.
 
 A transport supplies register reads and writes, the two streams and a bounded wait: the RTL simulator's
 testbench (`dynq.runtime.rtl.RtlDevice`), or pynq's MMIO and AXI DMA on a board or on a simulated board
@@ -14,7 +15,9 @@ testbench (`dynq.runtime.rtl.RtlDevice`), or pynq's MMIO and AXI DMA on a board 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NoReturn
 
+import numpy as np
 import torch
 
 from dynq import boards
@@ -38,11 +41,13 @@ class DeviceTimeout(DynqError, TimeoutError):
 
 
 class CoreDriver(ABC):
-    """Runs a build's device segments on one dynq core, one image per start, as `Emulator.run_segment` does
-    on a batch. Subclasses connect a transport, then call `_check_core()` and `_load_build()`."""
+    """Runs a build's device segments on one dynq core, a batch of images per start, as `Emulator.run_segment`
+    does. Subclasses connect a transport, then call `_check_core()` and `_load_build()`."""
 
     run_cycles = 100_000_000
     """Cycle budget of one segment on a simulated core (a hang is reported, never waited out)."""
+    batch_bytes = 8 << 20
+    """Stream bytes a start may move each way: the images per start follow from the spans' sizes."""
 
     def __init__(self, build: Build):
         self.build = build
@@ -62,8 +67,11 @@ class CoreDriver(ABC):
         """`data` on the core's input stream as 32-bit beats (the last padded), TLAST on the last."""
 
     @abstractmethod
-    def receive(self, nbytes: int, what: str) -> bytes:
-        """`nbytes` bytes from the core's output stream (whole beats, TLAST on the last)."""
+    def exchange(self, data: bytes, nbytes: int, images: int, what: str) -> bytes | None:
+        """`data` (the inputs of `images` images) on the core's input stream, TLAST on its last beat, while
+        `nbytes` bytes come back on the output stream, TLAST on the last beat, both streams moving at once.
+        None when they did not complete (the core stopped, or the transport's limit passed): the transport's
+        own side is then reset, and the caller reads the core's STATUS to say why."""
 
     @abstractmethod
     def wait(self, offset: int, mask: int, value: int, cycles: int) -> bool:
@@ -122,36 +130,46 @@ class CoreDriver(ABC):
         self.send(data, what)
         self._xfer_finish(what, 4 * len(data))
 
-    def store(self, memory: Memory, addr: int, nbytes: int) -> bytes:
-        """`nbytes` bytes of `memory` from byte `addr`, over the output stream. Raises DeviceError (code XFER)
-        when the core rejects the transfer."""
-        what = f"store of {nbytes} bytes from {memory.name} at 0x{addr:x}"
-        self._xfer_setup(memory, addr, nbytes)
-        self.write(CTRL.offset, CTRL.mask("store"))
-        if not self.read(STATUS.offset) & XFER:  # a started store holds STATUS.xfer until its stream is read
-            self._raise_device(what)
-        data = self.receive(nbytes, what)
-        self._xfer_finish(what, 4 * nbytes)
-        return data
-
-    def run(self, first: int, count: int) -> None:
-        """Runs instructions [first, first + count) up to END. Raises DeviceError with the ERROR code and the
-        layer of ERROR_PC, or DeviceTimeout naming the layer the core is still in."""
-        self.write(rg.GLOBAL["INSTR_FIRST"].offset, first)
-        self.write(rg.GLOBAL["INSTR_COUNT"].offset, count)
+    def run_batch(self, first: int, count: int, inputs: Span, outputs: Span, images: int, data: bytes) -> bytes:
+        """Runs instructions [first, first + count) up to END on `images` images: `data` holds each image's
+        bytes of the arena span `inputs`, back to back; returns each image's bytes of `outputs`, back to back.
+        Raises DeviceError with the ERROR code and the layer of ERROR_PC, or DeviceTimeout naming the layer
+        and the image the core is still in."""
+        (in_lo, in_hi), (out_lo, out_hi) = inputs, outputs
+        for name, value in (("BATCH", images), ("IN_ADDR", in_lo), ("IN_BYTES", in_hi - in_lo), ("OUT_ADDR", out_lo),
+                            ("OUT_BYTES", out_hi - out_lo), ("INSTR_FIRST", first), ("INSTR_COUNT", count)):
+            self.write(rg.GLOBAL[name].offset, value)
         self.write(CTRL.offset, CTRL.mask("start"))
-        what = f"segment [{first}, {first + count})"
-        if not self.wait(STATUS.offset, BUSY, 0, self.run_cycles):
-            pc = self.read(rg.GLOBAL["PC"].offset)
-            self.write(CTRL.offset, CTRL.mask("reset"))
-            raise DeviceTimeout(f"{what}: the core was still busy in {self.where(pc)} after "
-                                f"{self.limit(self.run_cycles)}; it has been reset. A hang in one layer points at "
-                                "the bitstream or at that layer's registers")
+        what = (f"segment [{first}, {first + count}) on {images} image{'s' * (images > 1)} ({len(data)} bytes in, "
+                f"{images * (out_hi - out_lo)} out)")
+        if self.read(STATUS.offset) & ERROR_BIT:
+            self._raise_device(what)
+        out = self.exchange(data, images * (out_hi - out_lo), images, what)
+        if out is None or not self.wait(STATUS.offset, BUSY, 0, self.run_cycles):
+            self._stopped(what)
         status = self.read(STATUS.offset)
         if status & ERROR_BIT:
             self._raise_device(what)
         if not status & DONE:
             raise DynqError(f"{what}: the core is neither done nor failed (STATUS 0x{status:x})")
+        return out
+
+    def _stopped(self, what: str) -> NoReturn:
+        """Why a batch's streams did not complete, raised: the core's error (it stays in STATUS and ERROR unless a
+        transfer was left open, which a reset closes), or where it hangs (then it is reset)."""
+        status = self.read(STATUS.offset)
+        if status & ERROR_BIT:
+            self._raise_device(what, reset=bool(status & XFER))
+        if status & BUSY:
+            pc = self.read(rg.GLOBAL["PC"].offset)
+            image = self.read(rg.GLOBAL["IMAGE"].offset)
+            self.write(CTRL.offset, CTRL.mask("reset"))
+            raise DeviceTimeout(f"{what}: the core was still busy in {self.where(pc)} of image {image} after "
+                                f"{self.limit(self.run_cycles)}; it has been reset. A hang in one layer points at "
+                                "the bitstream or at that layer's registers")
+        self.write(CTRL.offset, CTRL.mask("reset"))
+        raise DynqError(f"{what}: the streams stopped with the core idle (STATUS 0x{status:x}); core reset. The "
+                        "stream packets did not match BATCH, IN_BYTES and OUT_BYTES")
 
     def _xfer_setup(self, memory: Memory, addr: int, nbytes: int) -> None:
         self.write(rg.GLOBAL["XFER_MEM"].offset, int(memory))
@@ -166,9 +184,12 @@ class CoreDriver(ABC):
         if not self.read(STATUS.offset) & XFER_DONE:
             self._raise_device(what)
 
-    def _raise_device(self, what: str) -> None:
+    def _raise_device(self, what: str, reset: bool = False) -> NoReturn:
+        """The core's ERROR and ERROR_PC as an exception; with `reset`, the core is reset after they are read."""
         code = self.read(rg.GLOBAL["ERROR"].offset)
         pc = self.read(rg.GLOBAL["ERROR_PC"].offset)
+        if reset:
+            self.write(CTRL.offset, CTRL.mask("reset"))
         try:
             code = ErrorCode(code)
         except ValueError:
@@ -204,42 +225,48 @@ class CoreDriver(ABC):
     def run_segment(self, arena: Arena, first: int, count: int, regs: list[PrecisionRegs],
                     mask: torch.Tensor | None, counters: dict[int, dict[str, int]],
                     keep: list[Span] | None = None) -> None:
-        """Same contract as `Emulator.run_segment`: one image of the batch after the other. The core has one
-        mask memory, so with one mask per image ([N, MASK_GRID, MASK_GRID]) the mask is rewritten before
-        each image whose mask differs from the previous image's. `keep` (`transfers.needed_after`) lists
-        the bytes the host needs back: then only the segment's live-in goes in and only its writes inside
-        `keep` come out. Without it the whole arena goes both ways, so the host's arena is the core's."""
+        """Same contract as `Emulator.run_segment`, in batch starts. The core has one mask memory, so with one
+        mask per image ([N, MASK_GRID, MASK_GRID]) a start takes the consecutive images that share a mask.
+        `keep` (`transfers.needed_after`) lists the bytes the host needs back: then only the segment's
+        live-in goes in and only its writes inside `keep` come back. Without it the whole arena goes both
+        ways, so the host's arena is the core's."""
         layers = self._segment_layers(first, count)
         self._check_segment(first, count, regs, mask)
-        loads, stores = self._transfers(arena.nbytes, first, count, keep)
+        inputs, outputs, stores = self._spans(arena.nbytes, first, count, keep)
+        per_start = max(1, self.batch_bytes // max(inputs[1] - inputs[0], outputs[1] - outputs[0]))
         self.write_registers(layers, regs)
         written = None
-        for image in range(arena.batch):
-            cells = mask if mask is None or mask.dim() == 2 else mask[image]
+        for image, images, cells in _starts(arena.batch, mask, per_start):
             if cells is not None and (written is None or not torch.equal(cells, written)):
                 self.write_mask(cells)
                 written = cells
-            for lo, hi in loads:
-                self.load(Memory.ARENA, lo, arena.snapshot(image, lo, hi))
-            self.run(first, count)
+            data = arena.rows(image, images, *inputs).tobytes()
+            out = self.run_batch(first, count, inputs, outputs, images, data)
+            rows = np.frombuffer(out, np.uint8).reshape(images, -1)
             for lo, hi in stores:
-                start = lo - lo % rg.XFER_ALIGN
-                arena.restore(image, self.store(Memory.ARENA, start, hi - start)[lo - start:], lo)
+                arena.put_rows(image, rows[:, lo - outputs[0]:hi - outputs[0]], lo)
             for layer in layers:
                 totals = counters.setdefault(layer, {})
                 for name, value in self.read_counters(layer).items():
                     totals[name] = totals.get(name, 0) + value
 
-    def _transfers(self, nbytes: int, first: int, count: int, keep: list[Span] | None) -> tuple[list[Span], list[Span]]:
-        """(arena spans to load, spans to store) around one image's run of the segment: loads widened to whole
-        beats (any byte the host holds is current, so extra ones are harmless), stores exactly the bytes
-        wanted (the host may hold newer bytes next to them)."""
+    def _spans(self, nbytes: int, first: int, count: int, keep: list[Span] | None) -> tuple[Span, Span, list[Span]]:
+        """(the arena span each image loads, the span it sends back, the bytes of that the host takes): the
+        load covers the live-in widened to whole beats (any byte the host holds is current, so extra ones are
+        harmless), the store covers the wanted bytes, and the host keeps exactly those (it may hold newer
+        bytes next to them). A segment that needs nothing still moves one beat each way."""
+        if nbytes % rg.XFER_ALIGN:
+            raise DynqError(f"{self.build.path}: an arena of {nbytes} bytes is not whole {rg.XFER_ALIGN}-byte "
+                            "stream beats; recompile the build")
         if keep is None:
-            return [(0, nbytes)], [(0, nbytes)]
+            return (0, nbytes), (0, nbytes), [(0, nbytes)]
         live_in, written = transfers.segment_io(self.build.instructions, first, count)
         clip = [(0, nbytes)]
-        return (transfers.widen(transfers.intersect(live_in, clip), rg.XFER_ALIGN, nbytes),
-                transfers.intersect(transfers.intersect(written, keep), clip))
+        loads = transfers.widen(transfers.intersect(live_in, clip), rg.XFER_ALIGN, nbytes)
+        stores = transfers.intersect(transfers.intersect(written, keep), clip)
+        beat = (0, rg.XFER_ALIGN)
+        return (transfers.hull(loads) or beat, transfers.hull(transfers.widen(stores, rg.XFER_ALIGN, nbytes)) or beat,
+                stores)
 
     def _check_segment(self, first: int, count: int, regs: list[PrecisionRegs], mask: torch.Tensor | None) -> None:
         """What the host refuses before the core runs: a DAQ layer without a mask (the mask memory would hold
@@ -258,3 +285,16 @@ class CoreDriver(ABC):
             if ins.op != Op.NOP:
                 layers.add(ins.layer)
         return layers
+
+
+def _starts(batch: int, mask: torch.Tensor | None, per_start: int) -> list[tuple[int, int, torch.Tensor | None]]:
+    """(first image, images, their mask) of each start: consecutive images with one mask, at most `per_start`."""
+    starts: list[tuple[int, int, torch.Tensor | None]] = []
+    for image in range(batch):
+        cells = mask if mask is None or mask.dim() == 2 else mask[image]
+        if starts and starts[-1][1] < per_start and (cells is None or torch.equal(cells, starts[-1][2])):
+            first, images, _ = starts[-1]
+            starts[-1] = (first, images + 1, cells)
+        else:
+            starts.append((image, 1, cells))
+    return starts

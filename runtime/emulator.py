@@ -1,7 +1,7 @@
 """The bit-exact emulator: executes `program.bin` over `weights.bin`, as the overlay would.
 
 It never looks at the ONNX model; it decodes instructions and reads the weight image. Tensors are
-batched (the overlay runs one image per start; the batch here is only vectorization) and held as float
+batched (the overlay runs a batch image after image; here the batch is vectorization) and held as float
 tensors of exact integers; convolutions go through `ExactConv`, which proves exactness per call.
 """
 
@@ -49,34 +49,42 @@ class Arena:
             raise DeviceError(ErrorCode.ADDR_RANGE, pc, f"arena access [{offset}, {offset + size}) outside "
                                                         f"[0, {self.nbytes})")
 
-    def _flush(self, lo: int, hi: int) -> None:
+    def flush(self, lo: int = 0, hi: int | None = None) -> None:
+        """The cached tensors over bytes [lo, hi) (default: all) written back into the bytes (exact integers in
+        range: the cast is exact)."""
+        hi = self.nbytes if hi is None else hi
         for off, (size, signed, t) in list(self.cache.items()):
             if off < hi and lo < off + size:
                 target = self.bytes[:, off:off + size]
                 (target.view(torch.int8) if signed else target).copy_(t.reshape(self.batch, size))
                 del self.cache[off]
 
-    def flush(self) -> None:
-        """Every cached tensor written back into the bytes (exact integers in range: the cast is exact)."""
-        self._flush(0, self.nbytes)
+    def image(self, image: int) -> torch.Tensor:
+        """One image's whole arena with the cached tensors written into that row only: less work than `flush`
+        when one row is wanted of a large batch (the cache stays, consistent with the row)."""
+        row = self.bytes[image]
+        for off, (size, signed, t) in self.cache.items():
+            target = row[off:off + size]
+            (target.view(torch.int8) if signed else target).copy_(t[image].reshape(size))
+        return row
 
-    def snapshot(self, image: int, lo: int = 0, hi: int | None = None) -> bytes:
-        """One image's arena bytes [lo, hi) (default: all), cached tensors written back: what a device's
-        arena must hold there."""
-        hi = self.nbytes if hi is None else hi
-        self._flush(lo, hi)
-        return self.bytes[image, lo:hi].numpy().tobytes()
+    def rows(self, image: int, images: int, lo: int, hi: int) -> np.ndarray:
+        """Bytes [lo, hi) of images [image, image + images), cached tensors written back: what a device's
+        arena must hold there. A [images, hi - lo] view; copy it before the next write."""
+        self.flush(lo, hi)
+        return self.bytes[image:image + images, lo:hi].numpy()
 
-    def restore(self, image: int, data: bytes, lo: int = 0) -> None:
-        """Replaces one image's arena bytes from `lo` with what a device's arena holds there after a run."""
-        hi = lo + len(data)
-        self._flush(lo, hi)
-        self.bytes[image, lo:hi] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    def put_rows(self, image: int, data: np.ndarray, lo: int) -> None:
+        """Replaces bytes from `lo` of images [image, image + len(data)) with what a device's arena holds
+        there after a run ([images, n] uint8)."""
+        hi = lo + data.shape[1]
+        self.flush(lo, hi)
+        self.bytes[image:image + len(data), lo:hi] = torch.tensor(data)
 
     def write(self, offset: int, t: torch.Tensor, signed: bool, pc: int) -> None:
         size = t[0].numel()
         self._check(offset, size, pc)
-        self._flush(offset, offset + size)
+        self.flush(offset, offset + size)
         self.cache[offset] = (size, signed, t)
 
     def read(self, offset: int, shape: tuple[int, ...], signed: bool, pc: int) -> torch.Tensor:
@@ -85,7 +93,7 @@ class Arena:
         hit = self.cache.get(offset)
         if hit is not None and hit[0] == size and hit[1] == signed:
             return _canonical(hit[2].reshape(self.batch, *shape))
-        self._flush(offset, offset + size)
+        self.flush(offset, offset + size)
         raw = self.bytes[:, offset:offset + size]
         raw = raw.view(torch.int8) if signed else raw
         return raw.to(torch.float32).reshape(self.batch, *shape)

@@ -1,8 +1,8 @@
 """The `rtl` backend: device segments run on the Verilator simulation of the generated core.
 
 It drives the core the way the board driver does (`CoreDriver`: the program and the weight image once
-through the input stream, then per image the precision and mask registers, the arena load, the start, the
-wait for done or an error code, the layer counters, the arena store), over the testbench's AXI4-Lite and
+through the input stream, then per batch the precision and mask registers, the batch start, both streams at
+once, the wait for done or an error code, the layer counters), over the testbench's AXI4-Lite and
 AXI4-Stream commands. Outputs and counters therefore come from the simulated hardware, not from the cycle
 model.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from dynq.contract import Op, PrecisionRegs
+from dynq.contract import registers as rg
 from dynq.errors import DynqError
 from dynq.hdl import core
-from dynq.hdl.sim import PollTimeout, RtlSim
+from dynq.hdl.sim import PollTimeout, RtlSim, received_packet
 from dynq.runtime.artifacts import Build
 from dynq.runtime.core_driver import CoreDriver
 
@@ -48,8 +49,9 @@ class RtlDevice(CoreDriver):
     def send(self, data: bytes, what: str) -> None:
         self.sim.send(data)
 
-    def receive(self, nbytes: int, what: str) -> bytes:
-        return self.sim.receive(nbytes)
+    def exchange(self, data: bytes, nbytes: int, images: int, what: str) -> bytes | None:
+        result = self.sim.exchange(data, nbytes // rg.XFER_ALIGN, timeout=self.sim.timeout * images)
+        return received_packet(result.received, what) if result.state == "ok" else None
 
     def wait(self, offset: int, mask: int, value: int, cycles: int) -> bool:
         try:

@@ -5,7 +5,8 @@ the bit-exact emulator over the core's own memories: the program and the weights
 stream, not the build file, so a driver that sends the wrong bytes gets the wrong answer here too.
 
 A segment runs to its end inside the write that sets CTRL.start (the core model has no clock): STATUS shows
-done or an error at the next read. `StreamCore` is what a device needs of a core; `RtlCore`
+done or an error at the next read. A batch start runs all its images when their packet arrives, and shows
+done once its output has gone. `StreamCore` is what a device needs of a core; `RtlCore`
 (`dynq.runtime.sim_rtl_core`) is the same interface over the Verilator simulation.
 """
 
@@ -47,6 +48,9 @@ class StreamCore(Protocol):
     def write(self, offset: int, value: int) -> None: ...
     def accepting(self) -> bool:
         """The input stream is ready (a load, or a rejected load swallowing its packet, is open)."""
+    def streaming(self) -> bool:
+        """A batch start runs: the core takes its input packet only while its output is drained (a board's
+        core stops taking input when its output stream is not read), so the S2MM channel must be open."""
     def take(self, packet: bytes) -> None:
         """One whole packet from the input stream, TLAST on its last beat."""
     def output_ready(self) -> int:
@@ -109,7 +113,7 @@ class EmulatedCore:
         self.banks: list[PrecisionRegs | None] = [self._decode_bank(layer) for layer in range(rg.MAX_LAYERS)]
         self.mask_words = [0] * rg.MASK_WORDS
         self.counters = [[0] * len(rg.COUNTERS) for _ in range(rg.MAX_LAYERS)]
-        self.cycles = 0
+        self.cycles = self.image = 0
         self._mask: torch.Tensor | None = None
         self._emulator: Emulator | None = None
         self.reset()
@@ -122,6 +126,8 @@ class EmulatedCore:
         self._state = "idle"
         self._target: tuple[Memory, int, int] | None = None
         self._out = b""
+        self._batch: tuple[int, int, int, int, int] | None = None
+        """A batch start's (images, IN_ADDR, IN_BYTES, OUT_ADDR, OUT_BYTES)."""
 
     # ---- registers ---------------------------------------------------------------------------------------
     def read(self, offset: int) -> int:
@@ -149,7 +155,8 @@ class EmulatedCore:
         return {"ERROR": ErrorCode.XFER if self.x_err else self.error_code, "ERROR_PC": self.error_pc,
                 "ID": rg.ID_MAGIC, "CONTRACT": CONTRACT_VERSION, "FINGERPRINT": self.board.arch.fingerprint,
                 "IMEM_BYTES": self.sizes[Memory.INSTR], "WMEM_BYTES": self.sizes[Memory.WEIGHTS],
-                "AMEM_BYTES": self.sizes[Memory.ARENA], "PC": self.pc, "CYCLES": self.cycles}.get(name, 0)
+                "AMEM_BYTES": self.sizes[Memory.ARENA], "PC": self.pc, "CYCLES": self.cycles,
+                "IMAGE": self.image}.get(name, 0)
 
     def write(self, offset: int, value: int) -> None:
         offset &= rg.ADDRESS_SPACE - 1
@@ -189,7 +196,12 @@ class EmulatedCore:
             if (load or store) and not busy:
                 self._open_transfer(load)
         if start and not busy and not xfer_busy:
-            self._run(self.host["INSTR_FIRST"], self.host["INSTR_COUNT"])
+            if self.host["BATCH"]:
+                self._start_batch()
+            else:
+                self._run(self.host["INSTR_FIRST"], self.host["INSTR_COUNT"])
+                self._arena.flush()  # the tensors the emulator keeps, into the arena's bytes the stream reads
+                self._corrupt(self._arena)
 
     # ---- streams -----------------------------------------------------------------------------------------
     def _open_transfer(self, load: bool) -> None:
@@ -211,11 +223,17 @@ class EmulatedCore:
             self._out = self.memories[memory][addr:addr + nbytes].tobytes() + bytes(-nbytes % BEAT)
 
     def accepting(self) -> bool:
-        return self._state in ("load", "swallow")
+        return self._state in ("load", "swallow", "batch")
+
+    def streaming(self) -> bool:
+        return self._state == "batch"
 
     def take(self, packet: bytes) -> None:
         """A load writes the bytes it was told to; a packet that ends early or late is an XFER error (the late
-        one's extra beats are swallowed up to TLAST)."""
+        one's extra beats are swallowed up to TLAST). A batch start runs its images."""
+        if self._state == "batch":
+            self._run_batch(packet)
+            return
         if self._state == "load":
             memory, addr, left = self._target
             beats, need = -(-len(packet) // BEAT), -(-left // BEAT)
@@ -232,7 +250,12 @@ class EmulatedCore:
 
     def give(self, nbytes: int) -> bytes:
         data, self._out = self._out[:nbytes], self._out[nbytes:]
-        if not self._out:
+        if self._batch is not None:
+            images, _, _, _, out_bytes = self._batch
+            self.image = images - len(self._out) // out_bytes
+            if not self._out:
+                self.busy, self.done, self._state, self._batch = False, True, "idle", None
+        elif not self._out:
             self.xfer_busy, self.xfer_done, self._state = False, True, "idle"
         return data
 
@@ -240,7 +263,48 @@ class EmulatedCore:
         """Nothing to release: the core lives in this process."""
 
     # ---- the sequencer -----------------------------------------------------------------------------------
-    def _run(self, first: int, count: int) -> None:
+    def _start_batch(self) -> None:
+        """CTRL.start with BATCH set: spans checked as the RTL checks them, then the core waits for the packet
+        of all the images' inputs."""
+        self.done = self.error = False
+        self.error_code, self.cycles, self.image = ErrorCode.OK, 0, 0
+        spans = [self.host[name] for name in ("IN_ADDR", "IN_BYTES", "OUT_ADDR", "OUT_BYTES")]
+        arena = self.sizes[Memory.ARENA]
+        if any(v % BEAT for v in spans) or any(not 0 < n <= arena or a + n > arena
+                                               for a, n in (spans[:2], spans[2:])):
+            self.error, self.error_code, self.error_pc = True, ErrorCode.XFER, self.host["INSTR_FIRST"]
+            return
+        self.busy, self._state, self._batch = True, "batch", (self.host["BATCH"], *spans)
+
+    def _run_batch(self, packet: bytes) -> None:
+        """All the images of a batch start at once, on a batched arena whose rows start as the core's arena
+        with each image's input in place: what the RTL computes image after image, since a segment reads
+        no byte outside its input that it has not written first. The output waits in `_out` for the DMA. A
+        packet that is not exactly the batch's inputs is an XFER error before any image runs (the RTL runs
+        the images before the one whose input is wrong)."""
+        images, in_addr, in_bytes, out_addr, out_bytes = self._batch
+        self._state = "idle"
+        if len(packet) != images * in_bytes:
+            self.busy, self.x_err, self._batch = False, True, None
+            return
+        self._arena.flush()
+        arena = Arena(images, self.sizes[Memory.ARENA])
+        arena.bytes[:] = self._arena.bytes[0]
+        arena.bytes[:, in_addr:in_addr + in_bytes] = torch.frombuffer(bytearray(packet), dtype=torch.uint8).view(
+            images, in_bytes)
+        if not self._run(self.host["INSTR_FIRST"], self.host["INSTR_COUNT"], arena):
+            self._batch = None
+            return
+        arena.flush(out_addr, out_addr + out_bytes)  # what goes out; of the rest only the last image stays
+        self._arena.bytes[0] = arena.image(images - 1)
+        self._corrupt(arena)
+        self._out = arena.bytes[:, out_addr:out_addr + out_bytes].contiguous().numpy().tobytes()
+        self.busy, self.done, self._state = True, False, "send"  # done once the last output beat has gone
+
+    def _run(self, first: int, count: int, arena: Arena | None = None) -> bool:
+        """Runs the segment on `arena` (the core's own, or a batch start's with one row per image) and sets
+        STATUS, the counters and CYCLES as the RTL leaves them. True when it ended at END."""
+        arena = arena or self._arena
         self.done = self.error = False
         self.error_code, self.cycles = ErrorCode.OK, 0
         if self._emulator is None:
@@ -254,16 +318,16 @@ class EmulatedCore:
         counters: dict[int, dict[str, int]] = {}
         failure = None
         try:
-            self._emulator.run_segment(self._arena, first, (first + count if stop is None else stop) - first,
+            self._emulator.run_segment(arena, first, (first + count if stop is None else stop) - first,
                                        self.banks, self._mask_tensor(), counters)
         except DeviceError as exc:
             if not (stop is not None and exc.pc == stop and exc.code == ErrorCode.ADDR_RANGE):
                 failure = exc  # not the end of the shortened segment: an error of the core
-        self._arena.flush()  # the tensors the emulator keeps, into the arena's bytes the stream reads
         for layer, values in counters.items():
             self.counters[layer] = [values.get(name, 0) & WORD for name in rg.COUNTERS]
         last = failure.pc if failure else stop if stop is not None else end
-        self.cycles = self._cycles(program, first, last, counters) & WORD
+        self.cycles = self._cycles(program, first, last, counters, arena.batch) & WORD
+        self.busy = False
         if failure is not None:
             self.error, self.error_code, self.error_pc, self.pc = True, failure.code, failure.pc, failure.pc
         elif stop is not None and stop == self.faults.hang_at:
@@ -272,9 +336,17 @@ class EmulatedCore:
             self.error, self.error_code, self.error_pc, self.pc = True, ErrorCode.BAD_OPCODE, stop, stop
         else:
             self.done, self.pc = True, end
-            if self.faults.corrupt is not None:
-                byte, bits = self.faults.corrupt
-                self.memories[Memory.ARENA][byte] ^= bits
+        return self.done
+
+    def _corrupt(self, arena: Arena) -> None:
+        """The `corrupt` fault, after a segment that ended at END: the byte's bits flipped in every image (and,
+        for a batch, in the core's own arena too, which the last image left)."""
+        if self.faults.corrupt is not None and self.done:
+            byte, bits = self.faults.corrupt
+            arena.flush(byte, byte + 1)
+            arena.bytes[:, byte] ^= bits
+            if arena is not self._arena:
+                self._arena.bytes[0, byte] ^= bits
 
     def _walk(self, program: _Program, first: int, count: int) -> tuple[int | None, int | None]:
         """(stop, end): where the segment must stop short of what the emulator would run (a hang fault, or a
@@ -293,16 +365,18 @@ class EmulatedCore:
         return None, None
 
     @staticmethod
-    def _cycles(program: _Program, first: int, last: int | None, counters: dict[int, dict[str, int]]) -> int:
+    def _cycles(program: _Program, first: int, last: int | None, counters: dict[int, dict[str, int]],
+                images: int) -> int:
         """CYCLES as the RTL counts them: each completed instruction's busy cycles (which include its
-        LAYER_SETUP_CYCLES of fetch) and one write-back cycle, LAYER_SETUP_CYCLES for a NOP and for the END.
-        On an error, the instructions completed before it."""
-        total = sum(values.get("busy_cycles", 0) for values in counters.values())
+        LAYER_SETUP_CYCLES of fetch; `counters` holds them summed over the images) and, per image, one
+        write-back cycle per instruction and LAYER_SETUP_CYCLES for a NOP and for the END. On an error, the
+        instructions completed before it."""
+        fixed = 0
         for pc in range(first, first if last is None else last):
-            total += LAYER_SETUP_CYCLES if program[pc].op == Op.NOP else 1
+            fixed += LAYER_SETUP_CYCLES if program[pc].op == Op.NOP else 1
         if last is not None and 0 <= last < len(program) and program[last].op == Op.END:
-            total += LAYER_SETUP_CYCLES
-        return total
+            fixed += LAYER_SETUP_CYCLES
+        return sum(values.get("busy_cycles", 0) for values in counters.values()) + images * fixed
 
     def _mask_tensor(self) -> torch.Tensor:
         """The region mask the mask registers hold (at power-up: every cell cropped)."""

@@ -115,8 +115,10 @@ class SimOverlayDevice(Device):
             self.write_word(address + i, int.from_bytes(data[i:i + 4], "little"))
 
     def _pump(self) -> None:
-        """Moves what both ends of a stream are ready for."""
-        if self.dma.mm2s.packet is not None and self.core.accepting():
+        """Moves what both ends of a stream are ready for. A batch start's input goes in only once the S2MM
+        channel is open: on a board the core stops taking input while its output is not drained."""
+        if (self.dma.mm2s.packet is not None and self.core.accepting()
+                and (self.dma.s2mm.open or not self.core.streaming())):
             self.core.take(self.dma.mm2s.packet)
             self.dma.sent()
         if self.dma.s2mm.open:

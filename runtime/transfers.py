@@ -57,6 +57,11 @@ def widen(spans: list[Span], align: int, limit: int) -> list[Span]:
     return merge((max(0, lo - lo % align), min(limit, -(-hi // align) * align)) for lo, hi in spans)
 
 
+def hull(spans: list[Span]) -> Span | None:
+    """The one span from the first byte of `spans` to the last (None for none)."""
+    return (spans[0][0], spans[-1][1]) if spans else None
+
+
 def segment_io(program: Sequence[Instr], first: int, count: int) -> tuple[list[Span], list[Span]]:
     """(live-in: the bytes the segment reads before writing them, written: the bytes it writes), over the
     instructions [first, first + count) up to END."""

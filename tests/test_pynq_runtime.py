@@ -24,7 +24,7 @@ from dynq.contract import registers as rg
 from dynq.contract.registers import DeviceError
 from dynq.errors import UsageError
 from dynq.runtime.core_driver import DeviceTimeout
-from dynq.runtime.driver import DmaError
+from dynq.runtime.driver import DmaError, PynqDriver
 from dynq.runtime.importance import DEFAULT_FRACTIONS, cell_scores, keypoint_density, levels
 from dynq.runtime.model import InputError, Model, Result, VerifyError
 from dynq.runtime.sim_faults import Faults
@@ -268,11 +268,10 @@ def test_dma_error_bit_is_a_clear_error(builds: dict[str, Path], channel: str, b
     finally:
         model.close()
     message = str(err.value)
-    manifest = model.build.manifest  # the first arena transfer: the image in, or the logits out
+    manifest = model.build.manifest  # one batch start: both images in, both logits out
     logits = next(o for o in manifest["outputs"] if o["name"] == "logits")
-    what = (f"load of {beats(int(np.prod(manifest['input']['shape'])))} bytes into ARENA" if channel == "mm2s"
-            else f"store of {int(np.prod(logits['shape']))} bytes from ARENA")
-    assert what in message
+    nbytes = [2 * beats(int(np.prod(t["shape"]))) for t in (manifest["input"], logits)]
+    assert f"on 2 images ({nbytes[0]} bytes in, {nbytes[1]} out)" in message
     assert f"{channel.upper()} channel stopped with {words}" in message
     status = int(re.search(r"DMASR 0x([0-9a-f]{8})", message).group(1), 16)
     assert status & (dma_regs.SR_INT_ERR | dma_regs.SR_SLV_ERR | dma_regs.SR_DEC_ERR) == bit
@@ -404,6 +403,18 @@ def test_persistent_importance_mask(builds: dict[str, Path]) -> None:
     assert driver.device.dma.moved["mm2s"] == len(model.build.program) + len(model.build.weights) + 3 * len(x) * image
 
 
+def store(driver: PynqDriver, addr: int, nbytes: int) -> bytes:
+    """Arena bytes over the output stream, by hand: XFER registers, CTRL.store, a DMA receive."""
+    ctrl = rg.GLOBAL["CTRL"]
+    for name, value in (("XFER_MEM", Memory.ARENA), ("XFER_ADDR", addr), ("XFER_BYTES", nbytes)):
+        driver.write(rg.GLOBAL[name].offset, int(value))
+    driver.write(ctrl.offset, ctrl.mask("store"))
+    buffer = pynq.allocate((nbytes,), np.uint8, target=driver.device)
+    driver.dma.recvchannel.transfer(buffer)
+    driver.dma.recvchannel.wait()
+    return buffer.tobytes()
+
+
 def test_stream_order_and_cache_coherence_as_on_a_board(builds: dict[str, Path]) -> None:
     """The simulated board is no softer than a real one: a DMA send started before CTRL.load still lands (the
     stream waits for the core), and bytes written into a buffer without a flush never reach the DDR."""
@@ -421,18 +432,66 @@ def test_stream_order_and_cache_coherence_as_on_a_board(builds: dict[str, Path])
         driver.write(ctrl.offset, ctrl.mask("load"))
         assert driver.dma.sendchannel.idle
         driver.dma.sendchannel.wait()
-        assert driver.store(Memory.ARENA, 256, 64) == data.tobytes()
+        assert store(driver, 256, 64) == data.tobytes()
         buffer[:] = 0xFF  # the host's view only
         driver.write(ctrl.offset, ctrl.mask("load"))
         driver.dma.mmio.write(mm2s + dma_regs.ADDRESS, buffer.physical_address)
         driver.dma.mmio.write(mm2s + dma_regs.LENGTH, 64)  # started bare-metal, without a flush
-        assert driver.store(Memory.ARENA, 256, 64) == data.tobytes()
+        assert store(driver, 256, 64) == data.tobytes()
         driver.write(ctrl.offset, ctrl.mask("load"))
         driver.dma.sendchannel.transfer(buffer)  # pynq flushes first
         driver.dma.sendchannel.wait()
-        assert driver.store(Memory.ARENA, 256, 64) == bytes([0xFF] * 64)
+        assert store(driver, 256, 64) == bytes([0xFF] * 64)
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("backend", ["sim-pynq", "sim-pynq-rtl"])
+def test_batch_start_as_on_a_board(builds: dict[str, Path], backend: str) -> None:
+    """A batch start, driven by hand on both cores: spans that are not whole beats inside the arena stop it
+    with XFER before any stream moves; the input packet waits while the output channel is not running (a
+    board's core stops taking input it cannot answer) and flows once it is; the outputs equal the
+    emulator's, image by image."""
+    model = dynq.load(builds["lenet5"])
+    manifest = model.build.manifest
+    x = digits(20, 3)
+    logits = next(o for o in manifest["outputs"] if o["name"] == "logits")
+    first, count = next((s["first"], s["count"]) for s in manifest["schedule"] if s["kind"] == "device")
+    in_lo, in_n = int(manifest["tensors"][manifest["input"]["name"]]["offset"]), beats(int(np.prod(x.shape[1:])))
+    out_lo, out_n = int(manifest["tensors"]["logits"]["offset"]), beats(int(np.prod(logits["shape"])))
+    status, error = rg.GLOBAL["STATUS"], rg.GLOBAL["ERROR"]
+    try:
+        driver = model.open_backend(backend)
+        expected = model.run(x, trace=True)
+
+        def start(**regs: int) -> None:
+            values = {"BATCH": len(x), "IN_ADDR": in_lo, "IN_BYTES": in_n, "OUT_ADDR": out_lo, "OUT_BYTES": out_n,
+                      "INSTR_FIRST": first, "INSTR_COUNT": count, **regs}
+            for name, value in values.items():
+                driver.write(rg.GLOBAL[name].offset, value)
+            driver.write(rg.GLOBAL["CTRL"].offset, rg.GLOBAL["CTRL"].mask("start"))
+
+        for bad in ({"IN_BYTES": in_n + 2}, {"OUT_ADDR": out_lo + 1}, {"OUT_BYTES": 0},
+                    {"IN_ADDR": driver.read(rg.GLOBAL["AMEM_BYTES"].offset) - 4}):
+            start(**bad)
+            assert driver.read(status.offset) & (status.mask("error") | status.mask("busy")) == status.mask("error")
+            assert driver.read(error.offset) == ErrorCode.XFER, bad
+        start()
+        tx = pynq.allocate((len(x) * in_n,), np.uint8, target=driver.device)
+        rx = pynq.allocate((len(x) * out_n,), np.uint8, target=driver.device)
+        dtype = np.int8 if manifest["input"]["signed"] else np.uint8
+        quantized = [expected.tensors[manifest["input"]["name"]][i].astype(dtype).tobytes() for i in range(len(x))]
+        tx[:] = np.frombuffer(b"".join(q.ljust(in_n, b"\0") for q in quantized), np.uint8)
+        driver.dma.sendchannel.transfer(tx)
+        assert not driver.dma.sendchannel.idle, "the core took input with its output channel stopped"
+        driver.dma.recvchannel.transfer(rx)
+        driver.dma.recvchannel.wait()
+        driver.dma.sendchannel.wait()
+        assert driver.read(status.offset) & status.mask("done")
+        got = np.asarray(rx).reshape(len(x), out_n)[:, :int(np.prod(logits["shape"]))].view(np.int8)
+    finally:
+        model.close()
+    np.testing.assert_array_equal(got, expected.tensors["logits"].reshape(len(x), -1))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -446,14 +505,19 @@ def test_rtl_core_behind_the_simulated_board(builds: dict[str, Path], name: str)
         rtl = model.open_backend("sim-pynq-rtl")
         got = model.run(x, backend="sim-pynq-rtl", verify=True, trace=True)
         emulated = model.open_backend("sim-pynq")
-        model.run(x[:1], backend="sim-pynq")
-        model.run(x[:1], backend="sim-pynq-rtl")
-        cycles = [driver.read(rg.GLOBAL["CYCLES"].offset) for driver in (emulated, rtl)]
+        cycles, images = [], []
+        for batch in (x[:1], x):  # a start of one image, then one of two (CYCLES sums its images)
+            model.run(batch, backend="sim-pynq")
+            model.run(batch, backend="sim-pynq-rtl")
+            cycles.append([driver.read(rg.GLOBAL["CYCLES"].offset) for driver in (emulated, rtl)])
+            images.append([driver.read(rg.GLOBAL["IMAGE"].offset) for driver in (emulated, rtl)])
     finally:
         model.close()
     assert isinstance(rtl.device, RtlOverlayDevice) and got.report.extra["verified"] is True
     assert_same_rtl_run(got, model.run(x))
-    assert cycles[0] == cycles[1] > model.run(x[:1]).report.total_cycles
+    assert cycles[0][0] == cycles[0][1] > model.run(x[:1]).report.total_cycles
+    assert cycles[1][0] == cycles[1][1] > cycles[0][0]
+    assert images == [[1, 1], [2, 2]]
 
 
 class StandInOverlay:

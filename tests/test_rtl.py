@@ -39,19 +39,19 @@ def sim():
 def _emulate(case: Case) -> tuple[bytes, dict[int, dict[str, int]]]:
     emu = Emulator(case.build)
     arena = emu.new_arena(1)
-    arena.restore(0, case.arena)
+    arena.put_rows(0, np.frombuffer(case.arena, np.uint8)[None], 0)
     counters: dict[int, dict[str, int]] = {}
     emu.run_segment(arena, 0, len(case.build.instructions), case.registers, case.mask, counters)
-    return arena.snapshot(0), counters
+    return arena.rows(0, 1, 0, arena.nbytes).tobytes(), counters
 
 
 def _on_rtl(case: Case, sim: RtlSim) -> tuple[bytes, dict[int, dict[str, int]]]:
     device = RtlDevice(case.build, sim)
     arena = Emulator(case.build).new_arena(1)
-    arena.restore(0, case.arena)
+    arena.put_rows(0, np.frombuffer(case.arena, np.uint8)[None], 0)
     counters: dict[int, dict[str, int]] = {}
     device.run_segment(arena, 0, len(case.build.instructions), case.registers, case.mask, counters)
-    return arena.snapshot(0), counters
+    return arena.rows(0, 1, 0, arena.nbytes).tobytes(), counters
 
 
 def test_random_programs_agree(sim: RtlSim, request: pytest.FixtureRequest) -> None:
@@ -298,14 +298,14 @@ def test_verify_names_the_first_differing_layer(eltwise_build: Path, monkeypatch
     """A device whose arena comes back with one wrong byte in the ADD's output is caught at that layer."""
     model = dynq.load(eltwise_build)
     add = next(i for i in model.build.instructions if i.op == Op.ADD)
-    restore = Arena.restore
+    put_rows = Arena.put_rows
 
-    def corrupt(arena: Arena, image: int, data: bytes, lo: int = 0) -> None:
-        damaged = bytearray(data)
-        damaged[add.dst + 5 - lo] ^= 0x01  # verify brings the whole arena back (lo = 0)
-        restore(arena, image, bytes(damaged), lo)
+    def corrupt(arena: Arena, image: int, data: np.ndarray, lo: int) -> None:
+        damaged = data.copy()
+        damaged[:, add.dst + 5 - lo] ^= 0x01  # verify brings the whole arena back (lo = 0)
+        put_rows(arena, image, damaged, lo)
 
-    monkeypatch.setattr("dynq.runtime.emulator.Arena.restore", corrupt)
+    monkeypatch.setattr("dynq.runtime.emulator.Arena.put_rows", corrupt)
     x = np.random.default_rng(3).normal(size=(1, 3, 8, 8)).astype(np.float32)
     try:
         with pytest.raises(VerifyError, match=rf"at layer {add.layer} .*element \[0, 0, 0, 5\]"):

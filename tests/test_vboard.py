@@ -210,12 +210,14 @@ def test_killed_board_mid_run_is_a_connection_error(builds: dict[str, Path]) -> 
             served.proc.kill()
 
         timer = threading.Timer(1.0, kill)
+        start = time.monotonic()
         timer.start()
         with pytest.raises(RemoteBoardError) as err:
-            model.run(x, backend=served.backend)
+            while time.monotonic() < start + 10 * TIMEOUT:  # runs back to back: the kill lands in one
+                model.run(x, backend=served.backend)
         raised = time.monotonic()
         timer.cancel()
-        assert killed, "the run ended before the board was killed; give it more images"
+        assert killed, "the runs ended before the board was killed"
         assert raised - killed[0] < TIMEOUT
         start = time.monotonic()
         with pytest.raises(RemoteBoardError) as again:

@@ -18,7 +18,7 @@ from dynq.contract.registers import (
     Register,
 )
 
-CONTRACT_VERSION = 7
+CONTRACT_VERSION = 8
 """Bumped whenever any encoding, register offset or numeric rule changes; part of every fingerprint."""
 
 __all__ = [

@@ -131,7 +131,19 @@ GLOBAL_REGISTERS: tuple[Register, ...] = (
     Register("WMEM_BYTES", 0x34, "RO", "size of the weight memory"),
     Register("AMEM_BYTES", 0x38, "RO", "size of the activation arena"),
     Register("PC", 0x3C, "RO", "index of the instruction being executed"),
-    Register("CYCLES", 0x40, "RO", "cycles of the last run, from start to done or error"),
+    Register("CYCLES", 0x40, "RO", "cycles the last start spent running instructions (summed over a batch's "
+             "images; the stream transfers between them are not counted)"),
+    Register("BATCH", 0x44, "RW", "images per start: 0 runs the segment once on the arena as it is; N >= 1 runs "
+             "it N times, each time first taking IN_BYTES bytes from the input stream into the arena at IN_ADDR "
+             "and afterwards sending OUT_BYTES bytes of the arena from OUT_ADDR on the output stream. The N "
+             "images travel back to back as one packet each way, TLAST on the last beat only; from the second "
+             "image on, each instruction adds its counters to its layer's bank"),
+    Register("IN_ADDR", 0x48, "RW", "arena byte address of each image's input in a batch start"),
+    Register("IN_BYTES", 0x4C, "RW", "bytes of each image's input in a batch start (addresses and sizes of a "
+             "batch are multiples of XFER_ALIGN inside the arena, else the start stops with XFER)"),
+    Register("OUT_ADDR", 0x50, "RW", "arena byte address of each image's output in a batch start"),
+    Register("OUT_BYTES", 0x54, "RW", "bytes of each image's output in a batch start"),
+    Register("IMAGE", 0x58, "RO", "images of the current (or last) batch start whose output has been sent"),
 )
 GLOBAL: dict[str, Register] = {r.name: r for r in GLOBAL_REGISTERS}
 

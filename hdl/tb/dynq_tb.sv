@@ -13,6 +13,13 @@
 //   S n                          followed by n lines of one 32-bit word each: n beats on s_axis, TLAST on the
 //                                last, every handshake waited for.                      No response.
 //   G n                          n beats from m_axis with TREADY high.                   n lines "G word last"
+//   X n m                        followed by n lines of one word each: the n beats on s_axis (TLAST on the
+//                                last) while m beats are taken from m_axis, both in the same cycles, as a
+//                                DMA with both channels running does. Ends when both are through, when irq
+//                                has been high for 16 cycles with no beat moving (the core stopped), or
+//                                after +timeout cycles with no beat moving.
+//                                                 "X sent received ok|stopped|stalled", then a line
+//                                                 "G word last" per received beat
 //   P addr mask value maxcycles  read addr until (data & mask) == value or maxcycles cycles have passed.
 //                                                                                        "P ok cycles" / "P timeout cycles"
 //   C                            clock cycles since reset was released.                 "C cycles"
@@ -190,6 +197,45 @@ module dynq_tb;
     m_axis_tready = 1'b0;
   endtask
 
+  task automatic stream_exchange(input logic [31:0] words[$], input longint unsigned count);
+    longint unsigned sent = 0, got = 0, idle = 0, quiet = 0;
+    bit s_fire, m_fire;
+    string state = "ok";
+    logic [31:0] data[$];
+    bit lasts[$];
+    while ((sent < words.size() || got < count) && !failed) begin
+      s_axis_tvalid = sent < words.size();
+      s_axis_tdata = s_axis_tvalid ? words[sent] : '0;
+      s_axis_tlast = s_axis_tvalid && sent == words.size() - 1;
+      m_axis_tready = got < count;
+      settle();
+      s_fire = s_axis_tvalid && s_axis_tready;
+      m_fire = m_axis_tready && m_axis_tvalid;
+      if (m_fire) begin
+        data.push_back(m_axis_tdata);
+        lasts.push_back(m_axis_tlast);
+      end
+      quiet = (irq && !s_fire && !m_fire) ? quiet + 1 : 0;
+      idle = (s_fire || m_fire) ? 0 : idle + 1;
+      @(negedge clk);
+      if (s_fire) sent++;
+      if (m_fire) got++;
+      if (quiet >= 16) begin
+        state = "stopped";
+        break;
+      end
+      if (idle > timeout_cycles) begin
+        state = "stalled";
+        break;
+      end
+    end
+    s_axis_tvalid = 1'b0;
+    s_axis_tlast = 1'b0;
+    m_axis_tready = 1'b0;
+    respond($sformatf("X %0h %0h %s", sent, got, state));
+    foreach (data[i]) respond($sformatf("G %08h %0d", data[i], lasts[i]));
+  endtask
+
   // --- commands --------------------------------------------------------------------------------------
   task automatic poll(input logic [14:0] addr, input logic [31:0] mask, input logic [31:0] value,
                       input longint unsigned max_cycles);
@@ -242,12 +288,28 @@ module dynq_tb;
     return 1'b1;
   endfunction
 
+  // the n data lines of an S or X command; false (and the run failed) if one is missing or malformed
+  function automatic bit read_words(input logic [63:0] n, output logic [31:0] words[$]);
+    string w;
+    words = {};
+    for (longint unsigned i = 0; i < n; i++) begin
+      logic [63:0] v[$];
+      if ($fgets(w, fin) == 0 || !parse_numbers(strip(w), v) || v.size() != 1) begin
+        respond($sformatf("E bad command: data line %0h of %0h missing or malformed", i, n));
+        failed = 1'b1;
+        return 1'b0;
+      end
+      words.push_back(v[0][31:0]);
+    end
+    return 1'b1;
+  endfunction
+
   task automatic execute(string line);
     byte cmd = line[0];
     logic [63:0] n[$];
     logic [31:0] data;
     logic [31:0] words[$];
-    string w, bad;
+    string bad;
     bad = {"bad command ", line};
     if (!parse_numbers(line.substr(1, line.len() - 1), n)) begin
       fail(bad);
@@ -260,17 +322,14 @@ module dynq_tb;
         if (!failed) respond($sformatf("R %08h", data));
       end else fail(bad);
       "S": if (n.size() == 1) begin
-        for (longint unsigned i = 0; i < n[0]; i++) begin
-          logic [63:0] v[$];
-          if ($fgets(w, fin) == 0 || !parse_numbers(strip(w), v) || v.size() != 1) begin
-            fail($sformatf("bad command S %0h: data line %0h missing or malformed", n[0], i));
-            return;
-          end
-          words.push_back(v[0][31:0]);
-        end
+        if (!read_words(n[0], words)) return;
         stream_send(words);
       end else fail(bad);
       "G": if (n.size() == 1) stream_receive(n[0]); else fail(bad);
+      "X": if (n.size() == 2) begin
+        if (!read_words(n[0], words)) return;
+        stream_exchange(words, n[1]);
+      end else fail(bad);
       "P": if (n.size() == 4) poll(n[0][14:0], n[1][31:0], n[2][31:0], n[3]); else fail(bad);
       "C": if (n.size() == 0) respond($sformatf("C %0h", cycles)); else fail(bad);
       default: fail(bad);
