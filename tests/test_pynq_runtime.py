@@ -451,7 +451,7 @@ def test_batch_start_as_on_a_board(builds: dict[str, Path], backend: str) -> Non
     """A batch start, driven by hand on both cores: spans that are not whole beats inside the arena stop it
     with XFER before any stream moves; the input packet waits while the output channel is not running (a
     board's core stops taking input it cannot answer) and flows once it is; the outputs equal the
-    emulator's, image by image."""
+    emulator's, image by image; a packet that ends early stops the batch with XFER."""
     model = dynq.load(builds["lenet5"])
     manifest = model.build.manifest
     x = digits(20, 3)
@@ -489,6 +489,13 @@ def test_batch_start_as_on_a_board(builds: dict[str, Path], backend: str) -> Non
         driver.dma.sendchannel.wait()
         assert driver.read(status.offset) & status.mask("done")
         got = np.asarray(rx).reshape(len(x), out_n)[:, :int(np.prod(logits["shape"]))].view(np.int8)
+        start()  # a packet one beat short: TLAST before the last image is whole
+        driver.dma.recvchannel.transfer(rx)
+        driver.dma.sendchannel.transfer(tx[:-4])
+        assert driver.read(status.offset) & (status.mask("error") | status.mask("busy")) == status.mask("error")
+        assert driver.read(error.offset) == ErrorCode.XFER
+        assert not driver.dma.recvchannel.idle, "no whole output packet came back"
+        driver._reset()
     finally:
         model.close()
     np.testing.assert_array_equal(got, expected.tensors["logits"].reshape(len(x), -1))
