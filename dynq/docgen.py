@@ -95,7 +95,8 @@ def isa_markdown() -> str:
         f"### Region-mask memory at 0x{registers.MASK_BASE:X}: {registers.MASK_WORDS} words, "
         f"{registers.MASK_BITS} bits per cell, cells row-major, cell 0 in the low bits of word 0",
         f"### Performance counters: bank of layer L at 0x{registers.COUNTER_BASE:X} + "
-        f"L*0x{registers.COUNTER_STRIDE:X}, 32-bit read-only",
+        f"L*0x{registers.COUNTER_STRIDE:X} (low words) and 0x{registers.COUNTER_HIGH_BASE:X} + "
+        f"L*0x{registers.COUNTER_STRIDE:X} (high words), {registers.COUNTER_BITS}-bit read-only, read between starts",
         _table(["offset", "counter", "meaning"], counter_rows),
         "### Error codes",
         _table(["code", "name"], [[int(e), e.name] for e in ErrorCode]),

@@ -133,6 +133,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     prec_lo, prec_hi = rg.PRECISION_BASE, rg.MASK_BASE
     mask_lo, mask_hi = rg.MASK_BASE, rg.MASK_BASE + 4 * rg.MASK_WORDS
     cnt_lo, cnt_hi = rg.COUNTER_BASE, rg.COUNTER_BASE + rg.MAX_LAYERS * rg.COUNTER_STRIDE
+    cnt_high_lo, cnt_high_hi = rg.COUNTER_HIGH_BASE, rg.COUNTER_HIGH_BASE + rg.MAX_LAYERS * rg.COUNTER_STRIDE
+    cnt_bits = rg.COUNTER_BITS
     prec_shift, cnt_shift = log2(rg.PRECISION_STRIDE), log2(rg.COUNTER_STRIDE)
     e_ok, e_opcode, e_range, e_xfer = ErrorCode.OK, ErrorCode.BAD_OPCODE, ErrorCode.ADDR_RANGE, ErrorCode.XFER
     m_instr, m_weights, m_arena = Memory.INSTR, Memory.WEIGHTS, Memory.ARENA
@@ -200,9 +202,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
     cnt_we = Signal(bool(0))
     cnt_wa, cnt_ra = Signal(intbv(0)[lw:]), Signal(intbv(0)[lw:])
     cnt_new = Signal(intbv(0)[32 * n_counters:])  # an instruction's counters, registered with cnt_we
-    cnt_sum = [Signal(modbv(0)[32:]) for _ in range(n_counters)]  # what the bank is written with
+    cnt_sum = [Signal(modbv(0)[cnt_bits:]) for _ in range(n_counters)]  # what the bank is written with
     cnt_acc = Signal(bool(0))  # a batch start past its first image: add to the bank instead of replacing it
-    cnt_out = [word() for _ in range(n_counters)]
+    cnt_out = [Signal(intbv(0)[cnt_bits:]) for _ in range(n_counters)]
     cnt_out_all = ConcatSignal(*reversed(cnt_out))
     cnt_sel = Signal(intbv(0)[log2(rg.COUNTER_STRIDE // 4):])
     prec_sel = Signal(intbv(0)[2:])
@@ -342,7 +344,9 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
         if rd_addr_q >= prec_lo and rd_addr_q < prec_hi:
             rd_data.next = (prec_bus_all >> (32 * prec_sel)) & 0xFFFFFFFF
         elif rd_addr_q >= cnt_lo and rd_addr_q < cnt_hi and cnt_sel < n_counters:
-            rd_data.next = (cnt_out_all >> (32 * cnt_sel)) & 0xFFFFFFFF
+            rd_data.next = (cnt_out_all >> (cnt_bits * cnt_sel)) & 0xFFFFFFFF
+        elif rd_addr_q >= cnt_high_lo and rd_addr_q < cnt_high_hi and cnt_sel < n_counters:
+            rd_data.next = (cnt_out_all >> (cnt_bits * cnt_sel + 32)) & 0xFFFFFFFF
         elif rd_addr_q >= mask_lo and rd_addr_q < mask_hi:
             rd_data.next = mask_q
         else:

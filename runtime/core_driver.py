@@ -220,7 +220,8 @@ class CoreDriver(ABC):
             self.write(rg.MASK_BASE + 4 * i, value)
 
     def read_counters(self, layer: int) -> dict[str, int]:
-        return {name: self.read(rg.counter_offset(layer, name)) for name in rg.COUNTERS}
+        return {name: self.read(rg.counter_offset(layer, name)) | self.read(rg.counter_offset(layer, name, True)) << 32
+                for name in rg.COUNTERS}
 
     def run_segment(self, arena: Arena, first: int, count: int, regs: list[PrecisionRegs],
                     mask: torch.Tensor | None, counters: dict[int, dict[str, int]],

@@ -39,6 +39,8 @@ HOST_WRITTEN = tuple(r.name for r in rg.GLOBAL_REGISTERS if r.access == "RW" and
 PRECISION_END = rg.PRECISION_BASE + rg.MAX_LAYERS * rg.PRECISION_STRIDE
 MASK_END = rg.MASK_BASE + 4 * rg.MASK_WORDS
 COUNTER_END = rg.COUNTER_BASE + rg.MAX_LAYERS * rg.COUNTER_STRIDE
+COUNTER_HIGH_END = rg.COUNTER_HIGH_BASE + rg.MAX_LAYERS * rg.COUNTER_STRIDE
+COUNTER_MASK = (1 << rg.COUNTER_BITS) - 1
 
 
 class StreamCore(Protocol):
@@ -140,9 +142,10 @@ class EmulatedCore:
             return self.precision[layer][index // 4] if index // 4 < len(rg.PRECISION_REGISTERS) else 0
         if rg.MASK_BASE <= offset < MASK_END:
             return self.mask_words[(offset - rg.MASK_BASE) // 4]
-        if rg.COUNTER_BASE <= offset < COUNTER_END:
-            layer, index = divmod(offset - rg.COUNTER_BASE, rg.COUNTER_STRIDE)
-            return self.counters[layer][index // 4] if index // 4 < len(rg.COUNTERS) else 0
+        for base, end, shift in ((rg.COUNTER_BASE, COUNTER_END, 0), (rg.COUNTER_HIGH_BASE, COUNTER_HIGH_END, 32)):
+            if base <= offset < end:
+                layer, index = divmod(offset - base, rg.COUNTER_STRIDE)
+                return (self.counters[layer][index // 4] >> shift) & WORD if index // 4 < len(rg.COUNTERS) else 0
         return 0
 
     def _global(self, name: str) -> int:
@@ -324,7 +327,7 @@ class EmulatedCore:
             if not (stop is not None and exc.pc == stop and exc.code == ErrorCode.ADDR_RANGE):
                 failure = exc  # not the end of the shortened segment: an error of the core
         for layer, values in counters.items():
-            self.counters[layer] = [values.get(name, 0) & WORD for name in rg.COUNTERS]
+            self.counters[layer] = [values.get(name, 0) & COUNTER_MASK for name in rg.COUNTERS]
         last = failure.pc if failure else stop if stop is not None else end
         self.cycles = self._cycles(program, first, last, counters, arena.batch) & WORD
         self.busy = False

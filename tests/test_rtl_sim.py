@@ -134,6 +134,7 @@ def test_move_segment(sim: RtlSim) -> None:
     assert sim.store(Memory.ARENA, dst & ~3, n + 4)[dst & 3:][:n] == data
     busy = timing.eltwise_cycles(n, sim.board.arch.rows, 1)
     assert sim.read(rg.counter_offset(5, "busy_cycles")) == busy
+    assert sim.read(rg.counter_offset(5, "busy_cycles", high=True)) == 0  # the counter's upper 32 bits
     assert cycles > busy
     assert sim.read(reg("STATUS")) & bit("STATUS", "done")
 

@@ -152,6 +152,10 @@ PRECISION_STRIDE = 0x10
 MASK_BASE = 0x2000
 COUNTER_BASE = 0x4000
 COUNTER_STRIDE = 0x20
+COUNTER_HIGH_BASE = 0x6000
+"""Counters are 64 bits (a batch start sums its images into them): the low words at COUNTER_BASE, the high
+words at the same layer and counter offsets from COUNTER_HIGH_BASE."""
+COUNTER_BITS = 64
 ADDRESS_SPACE = 0x8000
 """Bytes of AXI4-Lite address space the core decodes."""
 
@@ -182,7 +186,8 @@ COUNTERS: tuple[str, ...] = (
     "kept_parts",
     "total_parts",
 )
-"""Per-layer performance counters, one 32-bit word each, in this order, at COUNTER_BASE + layer*stride."""
+"""Per-layer performance counters, COUNTER_BITS each, in this order: the low 32-bit words at COUNTER_BASE +
+layer*stride, the high words likewise from COUNTER_HIGH_BASE. The host reads them between starts."""
 COUNTER_DOCS: dict[str, str] = {
     "busy_cycles": "cycles from the layer's instruction issue to its last output write",
     "stall_cycles": "compute cycles in which at least one active lane waited for a slower one",
@@ -195,7 +200,8 @@ COUNTER_DOCS: dict[str, str] = {
     "total_parts": "term parts of the input (2 per value)",
 }
 assert len(COUNTERS) * 4 <= COUNTER_STRIDE
-assert COUNTER_BASE + MAX_LAYERS * COUNTER_STRIDE <= ADDRESS_SPACE
+assert COUNTER_BASE + MAX_LAYERS * COUNTER_STRIDE <= COUNTER_HIGH_BASE
+assert COUNTER_HIGH_BASE + MAX_LAYERS * COUNTER_STRIDE <= ADDRESS_SPACE
 assert PRECISION_BASE + MAX_LAYERS * PRECISION_STRIDE <= MASK_BASE
 
 
@@ -205,9 +211,9 @@ def precision_offset(layer: int, register: str) -> int:
     return PRECISION_BASE + layer * PRECISION_STRIDE + reg.offset
 
 
-def counter_offset(layer: int, counter: str) -> int:
-    """Byte offset of a layer's performance counter."""
-    return COUNTER_BASE + layer * COUNTER_STRIDE + 4 * COUNTERS.index(counter)
+def counter_offset(layer: int, counter: str, high: bool = False) -> int:
+    """Byte offset of a layer's performance counter: its low word, or with `high` its high word."""
+    return (COUNTER_HIGH_BASE if high else COUNTER_BASE) + layer * COUNTER_STRIDE + 4 * COUNTERS.index(counter)
 
 
 @dataclass(frozen=True)
