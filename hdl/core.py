@@ -473,7 +473,8 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 x_tlast.next = 1
                 xfer_done.next = 0
                 x_err.next = 0
-                if xfer_addr[beat_bits:] != 0 or xfer_bytes == 0 or size == 0 or xfer_addr + xfer_bytes > size:
+                if (xfer_addr[beat_bits:] != 0 or xfer_bytes == 0 or size == 0 or xfer_addr > size or xfer_bytes > size
+                        or xfer_addr + xfer_bytes > size):
                     x_err.next = 1
                     if load_go:
                         xfer_busy.next = 1
@@ -717,10 +718,11 @@ def dynq_core(board: Board, clk, aresetn, s_axil_awaddr, s_axil_awvalid, s_axil_
                 if batch == 0:
                     busy.next = 1
                     state.next = s_t.FETCH
-                elif (in_addr[beat_bits:] != 0 or in_bytes[beat_bits:] != 0 or in_bytes == 0
+                elif (in_addr[beat_bits:] != 0 or in_bytes[beat_bits:] != 0 or in_bytes == 0 or in_addr > amem_bytes
                       or in_bytes > amem_bytes or in_addr + in_bytes > amem_bytes
                       or out_addr[beat_bits:] != 0 or out_bytes[beat_bits:] != 0 or out_bytes == 0
-                      or out_bytes > amem_bytes or out_addr + out_bytes > amem_bytes):
+                      or out_addr > amem_bytes or out_bytes > amem_bytes or out_addr + out_bytes > amem_bytes):
+                    # each term at most the arena's size before the sum: no 32-bit wrap lets a span through
                     error.next = 1
                     error_code.next = e_xfer
                     error_pc.next = instr_first

@@ -472,7 +472,7 @@ def test_batch_start_as_on_a_board(builds: dict[str, Path], backend: str) -> Non
             driver.write(rg.GLOBAL["CTRL"].offset, rg.GLOBAL["CTRL"].mask("start"))
 
         for bad in ({"IN_BYTES": in_n + 2}, {"OUT_ADDR": out_lo + 1}, {"OUT_BYTES": 0},
-                    {"IN_ADDR": driver.read(rg.GLOBAL["AMEM_BYTES"].offset) - 4}):
+                    {"IN_ADDR": driver.read(rg.GLOBAL["AMEM_BYTES"].offset) - 4}, {"OUT_ADDR": (1 << 32) - 4}):
             start(**bad)
             assert driver.read(status.offset) & (status.mask("error") | status.mask("busy")) == status.mask("error")
             assert driver.read(error.offset) == ErrorCode.XFER, bad

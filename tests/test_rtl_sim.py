@@ -69,7 +69,8 @@ def test_short_load_keeps_neighbours(sim: RtlSim, memory: Memory) -> None:
     assert sim.store(memory, 64, 16) == bytes(range(4)) + b"\xaa\xbb\xcc" + bytes(range(7, 16))
 
 
-@pytest.mark.parametrize(("addr", "nbytes"), [(2, 8), (0, None), (None, 8)], ids=["misaligned", "length", "end"])
+@pytest.mark.parametrize(("addr", "nbytes"), [(2, 8), (0, None), (None, 8), ((1 << 32) - 4, 8)],
+                         ids=["misaligned", "length", "end", "end-wraps-32-bits"])
 def test_transfer_errors(sim: RtlSim, addr: int | None, nbytes: int | None) -> None:
     size = sim.board.arch.amem_bytes
     addr = size - 4 if addr is None else addr
