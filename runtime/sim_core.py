@@ -97,6 +97,12 @@ class _CoreImage(Build):
         return self.memory
 
 
+def _fits(addr: int, nbytes: int, size: int) -> bool:
+    """A stream transfer's span as the RTL checks it: a whole-beat address, at least one byte, inside a memory
+    of `size` bytes (0 for no such memory)."""
+    return addr % BEAT == 0 and 0 < nbytes and addr + nbytes <= size
+
+
 class EmulatedCore:
     """One dynq core of `board`'s architecture, out of reset."""
 
@@ -215,7 +221,7 @@ class EmulatedCore:
             memory = None  # no such memory: size 0, an XFER error
         size = self.sizes[memory] if memory is not None else 0
         self.xfer_done = self.x_err = False
-        if addr % BEAT or nbytes == 0 or size == 0 or addr + nbytes > size:
+        if not _fits(addr, nbytes, size):
             self.x_err = True
             if load:  # the packet is still swallowed, so the DMA never hangs
                 self.xfer_busy, self._state = True, "swallow"
@@ -273,8 +279,7 @@ class EmulatedCore:
         self.error_code, self.cycles, self.image = ErrorCode.OK, 0, 0
         spans = [self.host[name] for name in ("IN_ADDR", "IN_BYTES", "OUT_ADDR", "OUT_BYTES")]
         arena = self.sizes[Memory.ARENA]
-        if any(v % BEAT for v in spans) or any(not 0 < n <= arena or a + n > arena
-                                               for a, n in (spans[:2], spans[2:])):
+        if not (_fits(*spans[:2], arena) and _fits(*spans[2:], arena) and spans[1] % BEAT == spans[3] % BEAT == 0):
             self.error, self.error_code, self.error_pc = True, ErrorCode.XFER, self.host["INSTR_FIRST"]
             return
         self.busy, self._state, self._batch = True, "batch", (self.host["BATCH"], *spans)
